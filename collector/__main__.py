@@ -1,0 +1,5 @@
+"""`python -m collector` runs the command line."""
+
+from collector.cli import main
+
+raise SystemExit(main())
