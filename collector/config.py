@@ -321,7 +321,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("server.workers must be at least 1")
     if not 0 <= s.datacenter_id <= 31:
         raise ConfigError("server.datacenter_id must be 0-31 (5 bits of the Snowflake ID)")
-    if not 0 <= s.worker_id or s.worker_id + s.workers - 1 > 31:
+    if s.worker_id < 0 or s.worker_id + s.workers - 1 > 31:
         raise ConfigError(
             "server.worker_id + workers - 1 must be at most 31 (5 bits of the Snowflake ID)"
         )

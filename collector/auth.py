@@ -1,0 +1,89 @@
+"""Read token and write keys (SPEC §9).
+
+Reading events exposes everything collected, so it needs `Authorization: Bearer <token>` even
+from loopback (behind a reverse proxy every request looks local). With no token configured, one
+is generated at first start and kept with mode 0600 in the data directory.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from collector.config import Config
+from collector.http.message import Request, Response, error_response
+
+
+def ensure_read_token(cfg: Config) -> tuple[str | None, bool]:
+    """The read token, and whether it was created just now (so it is printed once).
+
+    Returns (None, False) when `auth.open_reads` is on.
+    """
+    if cfg.auth.open_reads:
+        return None, False
+    if cfg.auth.read_token:
+        return cfg.auth.read_token, False
+    path = cfg.read_token_file
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, token.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        # O_EXCL-like: another process may have won the race; keep whichever landed first.
+        os.link(tmp, path)
+    except FileExistsError:
+        token = path.read_text().strip()
+    finally:
+        os.unlink(tmp)
+    return token, True
+
+
+def check_read(request: Request, token: str | None, token_file: Path) -> Response | None:
+    """None when the request may read; otherwise the 401/403 response to send."""
+    if token is None:
+        return None
+    auth = request.header(b"authorization")
+    if not auth:
+        return error_response(
+            401, "unauthorized",
+            "reading events needs 'Authorization: Bearer <read token>'; the token is in "
+            f"{token_file} (or set auth.read_token / COLLECTOR_AUTH_READ_TOKEN)",
+            headers=[("WWW-Authenticate", "Bearer")],
+        )
+    scheme, _, given = auth.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             token.encode()):
+        return error_response(
+            403, "forbidden",
+            f"the bearer token is not the read token; the token is in {token_file}",
+        )
+    return None
+
+
+def check_write(request: Request, keys: tuple[str, ...]) -> Response | None:
+    """None when ingestion is allowed: no keys configured, or a matching X-Write-Key / ?key=."""
+    if not keys:
+        return None
+    given = request.header(b"x-write-key")
+    value = given.decode("latin-1") if given else (request.arg("key") or "")
+    if not value:
+        return error_response(
+            401, "unauthorized",
+            "this collector needs a write key: send 'X-Write-Key: <key>' or '?key=<key>'",
+        )
+    if not any(hmac.compare_digest(value.encode(), k.encode()) for k in keys):
+        return error_response(403, "forbidden", "the write key is not one of auth.write_keys")
+    return None
