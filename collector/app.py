@@ -1,0 +1,272 @@
+"""Composition root of one worker process: build everything, serve, stop in order.
+
+Start order: segment log (recovering this worker's torn `.open` files) -> writer -> Redis
+counters -> store reader -> router -> listening socket. Stop order is the reverse of what
+matters for "an acknowledged event is never lost": stop accepting, finish in-flight requests,
+seal the segment (fsync + rename), then flush the counters and close Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector.clock import Clock, SystemClock
+from collector.config import Config
+from collector.context import AppContext
+from collector.http import handlers
+from collector.http.parser import ParserLimits
+from collector.http.protocol import ServerState, drain_connections, protocol_factory
+from collector.http.router import Route, Router
+from collector.metrics import Metrics
+from collector.metrics_files import remove_snapshot, write_snapshot
+from collector.snowflake import SnowflakeGenerator
+from collector.storage.rejected import RejectedLog
+from collector.storage.segment_log import SegmentLog
+from collector.storage.writer import SegmentWriter
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+
+
+def describe_metrics(m: Metrics) -> None:
+    m.describe("collector_requests_total", "counter", "HTTP requests by route and status")
+    m.describe("collector_request_duration_seconds", "histogram",
+               "time from a complete request to its response being written")
+    m.describe("collector_events_accepted_total", "counter", "events written to segments")
+    m.describe("collector_events_rejected_total", "counter",
+               "requests whose events were rejected, by reason")
+    m.describe("collector_requests_rejected_total", "counter", "rejected requests by reason")
+    m.describe("collector_segment_bytes_total", "counter", "bytes appended to segments")
+    m.describe("collector_segment_rotations_total", "counter", "segments sealed")
+    m.describe("collector_segment_fsyncs_total", "counter", "fsync calls on segments")
+    m.describe("collector_storage_unavailable_total", "counter",
+               "requests answered 503 because segments could not be written")
+    m.describe("collector_connections_open", "gauge", "open client connections")
+    m.describe("collector_connections_opened_total", "counter", "accepted connections")
+    m.describe("collector_protocol_errors_total", "counter", "malformed requests by status")
+    m.describe("collector_timeouts_total", "counter", "connections closed by a timeout")
+    m.describe("collector_processor_errors_total", "counter", "request-path processor failures")
+
+
+@dataclass(slots=True)
+class Worker:
+    """One running worker: its context, server and background tasks."""
+
+    ctx: AppContext
+    state: ServerState
+    server: asyncio.AbstractServer | None = None
+    ticker: asyncio.Task[None] | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def build_context(cfg: Config, worker_index: int, loop: asyncio.AbstractEventLoop,
+                  clock: Clock | None = None) -> AppContext:
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    describe_metrics(metrics)
+    worker_id = cfg.server.worker_id + worker_index
+    ctx = AppContext(config=cfg, clock=clock, loop=loop, metrics=metrics,
+                     worker_index=worker_index)
+    ctx.ids = SnowflakeGenerator(cfg.server.datacenter_id, worker_id, clock)
+    seg = cfg.segments
+    segment_log = SegmentLog(cfg.segments_path, cfg.server.datacenter_id, worker_id,
+                             seg.roll_bytes, seg.roll_seconds, clock)
+    for path, removed in segment_log.recover():
+        log.warning("recovered segment %s (%d torn bytes cut)", path, removed)
+    ctx.writer = SegmentWriter(segment_log, seg.durability, loop, clock,
+                               fsync_max_delay=seg.fsync_max_delay)
+    ctx.rejected = RejectedLog(cfg.rejected_path, seg.rejected_max_file_bytes,
+                               seg.rejected_max_files, seg.rejected_body_bytes, clock)
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    return ctx
+
+
+async def attach_redis(ctx: AppContext) -> None:
+    """Redis counters on the request path, when a Redis URL is known (never fatal)."""
+    cfg = ctx.config
+    if not cfg.redis.enabled or not cfg.redis.url:
+        log.info("real-time stats are off (no redis.url)")
+        return
+    from collector.storage.counters import StatsCounters
+    from collector.storage.redis_client import make_redis_client
+
+    ctx.redis = make_redis_client(cfg.redis, cfg.redis.url)
+    ctx.counters = StatsCounters(ctx.redis, cfg.redis, cfg.stats, ctx.clock, ctx.metrics)
+    await ctx.counters.start()
+    ctx.processors.append(ctx.counters)
+
+
+def attach_store(ctx: AppContext) -> None:
+    """The event store, opened for reading by the query and analytics routes."""
+    try:
+        from loader.stores import open_store
+    except ImportError:
+        return
+    try:
+        ctx.store = open_store(ctx.config, readonly=True)
+    except Exception as e:  # the store is optional for ingestion: say why reads will fail
+        log.warning("event store not available for reads: %s", e)
+
+
+def build_router(ctx: AppContext) -> Router:
+    router = Router()
+    feature_routes: list[Route] = []
+    for module_name in (
+        "collector.http.stats_routes",
+        "collector.http.query_routes",
+        "collector.http.analytics_routes",
+        "collector.http.dashboard",
+    ):
+        try:
+            module = __import__(module_name, fromlist=["routes"])
+        except ImportError as e:
+            log.warning("routes of %s not available: %s", module_name, e)
+            continue
+        feature_routes.extend(module.routes(ctx))
+    router.add_all(handlers.routes(ctx, router.routes))
+    router.add_all(feature_routes)
+    return router
+
+
+def make_state(ctx: AppContext, router: Router) -> ServerState:
+    s = ctx.config.server
+    metrics = ctx.metrics
+    limits = ParserLimits(
+        max_request_line=s.max_request_line_bytes,
+        max_header_bytes=s.max_header_bytes,
+        max_body=s.max_body_bytes,
+    )
+    label_cache: dict[tuple[str, int], dict[str, str]] = {}
+
+    def on_request(route: str, status: int, seconds: float) -> None:
+        # Label dicts are cached: this runs once per request on the hot path. Unknown paths
+        # all share the label "unmatched", so a scanner cannot blow up the label set.
+        key = (route, status)
+        labels = label_cache.get(key)
+        if labels is None:
+            if len(label_cache) > 1000:
+                route = "other"
+            labels = label_cache[key] = {"route": route, "status": str(status)}
+        metrics.inc("collector_requests_total", **labels)
+        metrics.observe("collector_request_duration_seconds", seconds)
+
+    return ServerState(
+        router=router, metrics=metrics, limits=limits,
+        header_timeout=s.header_timeout, body_timeout=s.body_timeout,
+        keepalive_timeout=s.keepalive_timeout, max_connections=s.max_connections,
+        write_buffer_high=s.write_buffer_high, on_request=on_request,
+    )
+
+
+def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def _ticker(worker: Worker) -> None:
+    ctx = worker.ctx
+    run_dir = ctx.config.run_path
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        try:
+            w = ctx.writer
+            w.tick()
+            m = ctx.metrics
+            m.set("collector_connections_open", len(worker.state.connections))
+            m.set("collector_segment_rotations_total", w.segments_rolled)
+            m.set("collector_segment_fsyncs_total", w.fsyncs)
+            write_snapshot(run_dir, ctx.worker_index, m.snapshot())
+        except Exception:
+            log.exception("worker tick failed")
+
+
+async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socket | None = None,
+                       clock: Clock | None = None) -> Worker:
+    loop = asyncio.get_running_loop()
+    ctx = build_context(cfg, worker_index, loop, clock)
+    await attach_redis(ctx)
+    attach_store(ctx)
+    from collector.auth import ensure_read_token
+
+    ctx.read_token, _ = ensure_read_token(cfg)
+    router = build_router(ctx)
+    state = make_state(ctx, router)
+    worker = Worker(ctx=ctx, state=state)
+    if sock is None:
+        sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
+    worker.server = await loop.create_server(protocol_factory(state, loop), sock=sock,
+                                             backlog=4096)
+    for s in worker.server.sockets:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    worker.ticker = asyncio.create_task(_ticker(worker))
+    return worker
+
+
+async def stop_worker(worker: Worker) -> None:
+    ctx = worker.ctx
+    if worker.server is not None:
+        worker.server.close()
+    await drain_connections(worker.state, ctx.config.server.shutdown_timeout)
+    if worker.ticker is not None:
+        worker.ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.ticker
+    await ctx.writer.close()
+    if ctx.counters is not None:
+        await ctx.counters.close()
+    if ctx.redis is not None:
+        with contextlib.suppress(Exception):
+            await ctx.redis.aclose()
+    if ctx.store is not None:
+        with contextlib.suppress(Exception):
+            ctx.store.close()
+    remove_snapshot(ctx.config.run_path, ctx.worker_index)
+    worker.stopped.set()
+
+
+async def serve_worker(cfg: Config, worker_index: int, ready_file: Path | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = await start_worker(cfg, worker_index)
+    addr = worker.server.sockets[0].getsockname() if worker.server else ("?", 0)
+    log.info("worker %d (snowflake worker %d) listening on %s:%s", worker_index,
+             cfg.server.worker_id + worker_index, addr[0], addr[1])
+    if ready_file is not None:
+        ready_file.write_text(str(addr[1]))
+    await stop.wait()
+    log.info("worker %d stopping: finishing in-flight requests", worker_index)
+    # A second signal during the graceful stop means: stop now.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _cold_stop)
+    await stop_worker(worker)
+    log.info("worker %d stopped; segments sealed", worker_index)
+
+
+def _cold_stop() -> None:
+    log.warning("second signal: stopping without waiting")
+    raise SystemExit(1)
+
+
+def run_worker_process(cfg: Config, worker_index: int, ready_file: Path | None) -> int:
+    import uvloop
+
+    uvloop.run(serve_worker(cfg, worker_index, ready_file))
+    return 0

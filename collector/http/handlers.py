@@ -1,0 +1,248 @@
+"""Core routes: ingestion (POST /api/events, the pixel), /help, /healthz, /metrics.
+
+Ingestion is the hot path. Per request: decode (gzip), parse, validate the whole batch (all or
+nothing), mint ids, encode one bytes object, one segment append, then the in-memory processors
+(Redis counters). Nothing is handed to a processor before the segment write is acknowledged, so
+counts never include an event the client was told failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+
+from collector import __version__
+from collector.auth import check_write
+from collector.context import AppContext
+from collector.errors import BadEvent, StorageUnavailable
+from collector.http.message import Request, Response, error_response, json_response
+from collector.http.router import Route
+from collector.metrics import merge_snapshots, render
+from collector.metrics_files import loader_snapshot, read_peer_snapshots
+from collector.schema import (
+    BatchRejected,
+    EventLimits,
+    TooManyEvents,
+    encode_batch,
+    event_from_query,
+    parse_body,
+    validate_batch,
+)
+
+log = logging.getLogger(__name__)
+
+# The smallest transparent GIF (43 bytes), for the tracking pixel.
+PIXEL_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
+    b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+
+
+class Ingest:
+    """POST /api/events and GET /api/events/pixel.gif."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.limits = EventLimits(
+            max_future_skew=cfg.server.max_future_skew,
+            max_events=cfg.server.max_events_per_request,
+        )
+        self.max_body = cfg.server.max_body_bytes
+        self.write_keys = cfg.auth.write_keys
+        self.metrics = ctx.metrics
+
+    # -- POST /api/events ----------------------------------------------------------------------
+
+    def post(self, request: Request) -> Response | Awaitable[Response]:
+        if self.write_keys:
+            denied = check_write(request, self.write_keys)
+            if denied is not None:
+                return denied
+        body = request.body
+        if not body and request.header(b"content-length") is None and \
+                request.header(b"transfer-encoding") is None:
+            return error_response(
+                411, "length_required",
+                "send the events as a body with a Content-Length header (or chunked)")
+        encoding = request.header(b"content-encoding")
+        if encoding is not None:
+            decoded = self._decode(body, encoding)
+            if type(decoded) is Response:
+                return decoded
+            body = decoded  # type: ignore[assignment]
+        received_at = self.ctx.clock.time()
+        try:
+            items, _ = parse_body(body)
+            events = validate_batch(items, received_at, self.limits)
+        except TooManyEvents as e:
+            return self._reject(request, body, 413, "too_many_events", e.message)
+        except BatchRejected as e:
+            return self._reject(request, body, 400, "invalid_events", e.message, e.errors)
+        except BadEvent as e:
+            return self._reject(request, body, 400, "invalid_event", e.message)
+        return self._store(events, received_at, False)
+
+    def _decode(self, body: bytes, encoding: bytes) -> bytes | Response:
+        enc = encoding.strip().lower()
+        if enc == b"identity":
+            return body
+        if enc not in (b"gzip", b"x-gzip"):
+            return error_response(
+                415, "unsupported_encoding",
+                f"Content-Encoding {enc.decode('latin-1')!r} is not supported; "
+                "send gzip or no Content-Encoding")
+        # wbits=31: gzip container. max_length bounds the output so a zip bomb costs at most
+        # max_body+1 bytes of memory before we know it is too large.
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out = d.decompress(body, self.max_body + 1)
+            if len(out) > self.max_body or d.unconsumed_tail:
+                return error_response(
+                    413, "body_too_large",
+                    f"the decoded body is over {self.max_body} bytes; send smaller batches")
+            if not d.eof:
+                return error_response(400, "bad_gzip",
+                                      "the gzip body is truncated; send the complete stream")
+        except zlib.error as e:
+            return error_response(400, "bad_gzip",
+                                  f"the body is not valid gzip ({e}); compress it with gzip "
+                                  "or drop the Content-Encoding header")
+        return out
+
+    def _reject(self, request: Request, body: bytes, status: int, code: str, message: str,
+                errors: list[dict[str, Any]] | None = None) -> Response:
+        self.metrics.inc("collector_events_rejected_total", reason=code)
+        self.metrics.inc("collector_requests_rejected_total", reason=code)
+        rejected = self.ctx.rejected
+        if rejected is not None:
+            rejected.record(message, body, errors=errors, remote=request.client,
+                            path=request.path)
+        payload: dict[str, Any] = {"error": code, "message": message}
+        if errors:
+            payload["errors"] = errors
+        return json_response(status, payload)
+
+    def _store(self, events: list[dict[str, Any]], received_at: float,
+               pixel: bool) -> Response | Awaitable[Response]:
+        ctx = self.ctx
+        ids = ctx.ids.next_ids(len(events))
+        data = encode_batch(events, ids, received_at)
+        try:
+            pending = ctx.writer.write(data, ids[0])
+        except StorageUnavailable as e:
+            return self._unavailable(e)
+        if pending is None:
+            return self._accepted(events, ids, len(data), pixel)
+        return self._await_durable(pending, events, ids, len(data), pixel)
+
+    async def _await_durable(self, pending: Awaitable[None], events: list[dict[str, Any]],
+                             ids: list[int], nbytes: int, pixel: bool) -> Response:
+        try:
+            await pending
+        except StorageUnavailable as e:
+            return self._unavailable(e)
+        return self._accepted(events, ids, nbytes, pixel)
+
+    def _accepted(self, events: list[dict[str, Any]], ids: list[int], nbytes: int,
+                  pixel: bool) -> Response:
+        for proc in self.ctx.processors:
+            try:
+                proc.add(events)
+            except Exception:
+                # A processor never takes ingestion down with it (SPEC §10).
+                self.metrics.inc("collector_processor_errors_total",
+                                 processor=type(proc).__name__)
+                log.exception("processor %s failed", type(proc).__name__)
+        m = self.metrics
+        m.inc("collector_events_accepted_total", len(events))
+        m.inc("collector_segment_bytes_total", nbytes)
+        if pixel:
+            return Response(200, PIXEL_GIF, "image/gif",
+                            [("cache-control", "no-store, max-age=0")])
+        body = b'{"status":"accepted","accepted":%d,"ids":%s}' % (
+            len(ids), orjson.dumps([str(i) for i in ids]))
+        return Response(202, body)
+
+    def _unavailable(self, e: StorageUnavailable) -> Response:
+        self.metrics.inc("collector_storage_unavailable_total")
+        return error_response(
+            503, "storage_unavailable",
+            f"events cannot be stored right now ({e}); nothing was stored, retry later",
+            headers=[("retry-after", "1")])
+
+    # -- GET /api/events/pixel.gif ---------------------------------------------------------------
+
+    def pixel(self, request: Request) -> Response | Awaitable[Response]:
+        if self.write_keys:
+            denied = check_write(request, self.write_keys)
+            if denied is not None:
+                return denied
+        args = {k: v[-1] for k, v in request.query.items()}
+        args.pop("key", None)
+        received_at = self.ctx.clock.time()
+        try:
+            raw = event_from_query(args)
+            events = validate_batch([raw], received_at, self.limits)
+        except BadEvent as e:
+            body = request.query_string.encode("latin-1", "replace")
+            return self._reject(request, body, 400, "invalid_event", e.message)
+        return self._store(events, received_at, True)
+
+
+def help_document(routes: list[Route]) -> dict[str, Any]:
+    """The seed's /help document, extended with every route registered since."""
+    doc: dict[str, Any] = {
+        "message": "Move along nothing to see here.",
+        "routes": {"/help": "this document", "/api": {"/events": "events", "/stats": "stats"}},
+    }
+    more: dict[str, str] = {}
+    for r in routes:
+        key = f"{r.method} {r.path}"
+        more[key] = r.summary or ""
+    doc["endpoints"] = more
+    doc["version"] = __version__
+    return doc
+
+
+def routes(ctx: AppContext, all_routes: list[Route]) -> list[Route]:
+    """Core routes; `all_routes` is the router's list, read lazily by /help."""
+    ingest = Ingest(ctx)
+
+    def get_help(request: Request) -> Response:
+        return json_response(200, help_document(all_routes))
+
+    def healthz(request: Request) -> Response:
+        writer = ctx.writer
+        if not writer.available:
+            writer.tick()
+        if not writer.available:
+            return json_response(503, {"status": "unavailable", "reason": writer.last_error,
+                                       "segments": str(ctx.config.segments_path)})
+        return json_response(200, {"status": "ok", "worker": ctx.worker_index,
+                                   "segments": str(ctx.config.segments_path)})
+
+    def metrics(request: Request) -> Response:
+        return Response(200, render_all_metrics(ctx).encode(),
+                        "text/plain; version=0.0.4; charset=utf-8")
+
+    return [
+        Route("POST", "/api/events", ingest.post, "register events (one, an array, or NDJSON)"),
+        Route("GET", "/api/events/pixel.gif", ingest.pixel,
+              "record one event from the query string; answers a 1x1 GIF"),
+        Route("GET", "/help", get_help, "this document"),
+        Route("GET", "/healthz", healthz, "200 when events can be accepted, 503 and why"),
+        Route("GET", "/metrics", metrics, "Prometheus metrics"),
+    ]
+
+
+def render_all_metrics(ctx: AppContext) -> str:
+    """This worker's live metrics plus the latest snapshots of the other workers and loader."""
+    snaps = [ctx.metrics.snapshot(),
+             *read_peer_snapshots(ctx.config.run_path, ctx.worker_index),
+             loader_snapshot(ctx.config)]
+    return render(merge_snapshots(snaps))

@@ -1,0 +1,410 @@
+"""The asyncio Protocol: bytes from the transport into the sans-IO parser, responses back out.
+
+Theory of operation
+-------------------
+One `HttpProtocol` per connection. `data_received` feeds the parser and then drains it with
+`_process()`: a RequestHead starts a request, Body events accumulate, EndOfMessage dispatches
+to the router. A handler that returns a `Response` is answered immediately, inside the same
+`data_received` call (the fast path: no task, no future); one that returns an awaitable runs as
+a task, and the connection is *busy* until it finishes.
+
+Pipelining: the parser pauses after each request until `start_next_cycle()`, which we call only
+after the response has been written. Requests a client pipelines therefore wait in the parser's
+buffer and are answered strictly in order. While busy, reading is paused once the buffer holds
+more than one request's worth of bytes (backpressure towards the client).
+
+Backpressure from the client's side: when the transport's write buffer passes the high-water
+mark, asyncio calls `pause_writing`; we then stop reading too, so a client that does not read
+its responses cannot make us buffer without bound.
+
+Timers (one per connection, `loop.call_later`): idle keep-alive between requests; a header
+timeout armed at the first byte of a request and *not* re-armed by later bytes (a slowloris
+client sending a byte every few seconds still hits it); a body timeout re-armed on every chunk
+of body (a slow but progressing upload is fine, a stalled one is not).
+
+Errors: a `ProtocolError` from the parser becomes its status (400/413/414/431/501/505) with the
+JSON error body, and the connection closes, since the framing can no longer be trusted. Any
+other exception in a handler is a bug: logged with its traceback, answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.errors import HTTPError, ProtocolError
+from collector.http.events import (
+    NEED_DATA,
+    PAUSED,
+    Body,
+    ConnectionClosed,
+    EndOfMessage,
+    RequestHead,
+)
+from collector.http.message import Request, Response, error_response
+from collector.http.parser import ParserLimits, RequestParser
+from collector.http.response import CONTINUE, DateCache, serialize
+from collector.http.router import Router
+from collector.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT = Response(
+    204,
+    b"",
+    "text/plain",
+    [
+        ("access-control-allow-methods", "GET, POST, OPTIONS"),
+        ("access-control-allow-headers", "Content-Type, Authorization, Content-Encoding, "
+                                         "X-Write-Key"),
+        ("access-control-max-age", "86400"),
+    ],
+)
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What every connection of one worker shares (uvicorn's ServerState idea)."""
+
+    router: Router
+    metrics: Metrics
+    limits: ParserLimits
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+    write_buffer_high: int
+    connections: set[HttpProtocol] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    date: DateCache = field(default_factory=DateCache)
+    stopping: bool = False
+    on_request: Callable[[str, int, float], None] | None = None
+    """Called after each response with (route label, status, seconds), for metrics."""
+
+
+_IDLE, _HEADER, _BODY = 0, 1, 2
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "state", "loop", "parser", "transport", "client", "head", "parts", "busy",
+        "write_paused", "read_paused", "timer", "timer_kind", "continue_sent", "closed",
+        "started",
+    )
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.loop = loop
+        self.parser = RequestParser(state.limits)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.head: RequestHead | None = None
+        self.parts: list[bytes] = []
+        self.busy = False
+        self.write_paused = False
+        self.read_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind = -1
+        self.continue_sent = False
+        self.closed = False
+        self.started = 0.0
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        state = self.state
+        if state.stopping or len(state.connections) >= state.max_connections:
+            # Over the cap (or shutting down): answer instead of silently resetting, so the
+            # client knows to back off and retry.
+            self._write_now(
+                error_response(503, "too_many_connections",
+                               "the collector is at its connection limit; retry shortly",
+                               headers=[("retry-after", "1")], close=True),
+                keep_alive=False, http10=False, head_only=False,
+            )
+            transport.close()
+            self.closed = True
+            return
+        state.connections.add(self)
+        state.metrics.inc("collector_connections_opened_total")
+        transport.set_write_buffer_limits(high=state.write_buffer_high)
+        self._arm(_IDLE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        self._cancel_timer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume_reading()
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.parser.feed(b"")
+        self._process()
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self._process()
+
+    # -- the parse/dispatch loop ---------------------------------------------------------------
+
+    def _process(self) -> None:
+        parser = self.parser
+        while not self.closed and not self.busy and not self.write_paused:
+            try:
+                event = parser.next_event()
+            except ProtocolError as e:
+                self._protocol_error(e)
+                return
+            t = type(event)
+            if t is RequestHead:
+                assert isinstance(event, RequestHead)
+                self.head = event
+                self.parts = []
+                self.continue_sent = False
+                self.started = self.loop.time()
+            elif t is Body:
+                assert isinstance(event, Body)
+                self.parts.append(event.data)
+            elif t is EndOfMessage:
+                self._cancel_timer()
+                self._dispatch()
+            elif event is NEED_DATA:
+                self._need_data()
+                return
+            elif t is ConnectionClosed:
+                self._close()
+                return
+            elif event is PAUSED:
+                return
+        if self.busy and parser.buffered > self.state.limits.max_body:
+            # A client pipelining faster than we answer: stop reading until we catch up.
+            self._pause_reading()
+
+    def _need_data(self) -> None:
+        head = self.head
+        if head is None:
+            if self.parser.buffered:
+                if self.timer_kind != _HEADER:
+                    self._arm(_HEADER)
+            elif self.timer_kind != _IDLE:
+                if self.state.stopping:
+                    self._close()
+                    return
+                self._arm(_IDLE)
+            return
+        # Mid-body: progress re-arms the body timer; send 100 Continue lazily, only once we
+        # actually need the body (uvicorn does the same).
+        self._arm(_BODY)
+        if head.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            assert self.transport is not None
+            self.transport.write(CONTINUE)
+
+    def _dispatch(self) -> None:
+        head = self.head
+        assert head is not None
+        parts = self.parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.parts = []
+        target = head.target
+        path, _, query = target.partition("?")
+        request = Request(head.method, path, query, head.headers, body, head.version,
+                          self.client)
+        if head.method == "OPTIONS":
+            self._respond(PREFLIGHT, "OPTIONS")
+            return
+        router = self.state.router
+        handler, allowed = router.resolve(request)
+        if handler is None:
+            if allowed:
+                resp = error_response(
+                    405, "method_not_allowed",
+                    f"{head.method} is not allowed on {path}; use {', '.join(allowed)}",
+                    headers=[("allow", ", ".join(allowed))],
+                )
+            else:
+                resp = error_response(
+                    404, "not_found", f"no route for {path}; GET /help lists the routes")
+            self._respond(resp, "unmatched")
+            return
+        label = request.path if not request.path_params else _pattern_label(request)
+        try:
+            result = handler(request)
+        except HTTPError as e:
+            self._respond(error_response(e.status, e.code, e.message, e.headers), label)
+            return
+        except Exception:
+            log.exception("handler for %s %s failed", head.method, path)
+            self._respond(_internal_error(), label)
+            return
+        if type(result) is Response:
+            self._respond(result, label)
+            return
+        self.busy = True
+        task = asyncio.ensure_future(result)  # type: ignore[arg-type]
+        self.state.tasks.add(task)
+        task.add_done_callback(lambda t: self._on_task_done(t, label))
+
+    def _on_task_done(self, task: asyncio.Future[Response], label: str) -> None:
+        self.state.tasks.discard(task)  # type: ignore[arg-type]
+        self.busy = False
+        if task.cancelled():
+            resp = error_response(503, "shutting_down", "the collector is stopping; retry",
+                                  close=True)
+        else:
+            exc = task.exception()
+            if exc is None:
+                resp = task.result()
+            elif isinstance(exc, HTTPError):
+                resp = error_response(exc.status, exc.code, exc.message, exc.headers)
+            else:
+                log.error("handler for %s failed", label, exc_info=exc)
+                resp = _internal_error()
+        if self.closed:
+            return
+        self._respond(resp, label)
+        self._resume_reading()
+        self._process()
+
+    def _respond(self, resp: Response, label: str) -> None:
+        head = self.head
+        assert head is not None
+        keep_alive = head.keep_alive and not resp.close and not self.state.stopping
+        self._write_now(resp, keep_alive=keep_alive, http10=head.version == "1.0",
+                        head_only=head.method == "HEAD")
+        cb = self.state.on_request
+        if cb is not None:
+            cb(label, resp.status, self.loop.time() - self.started)
+        self.head = None
+        if not keep_alive:
+            self._close()
+            return
+        self.parser.start_next_cycle()
+
+    def _write_now(self, resp: Response, *, keep_alive: bool, http10: bool,
+                   head_only: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(serialize(resp, keep_alive=keep_alive, http10=http10,
+                                       head_only=head_only, date=self.state.date.line()))
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        self.state.metrics.inc("collector_protocol_errors_total", status=str(e.status_hint))
+        if self.head is None:
+            # The error came before a full head; answer as HTTP/1.1 and close.
+            self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
+        self._respond(error_response(e.status_hint, e.code, e.message, close=True), "invalid")
+
+    # -- connection lifecycle ------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cancel_timer()
+            assert self.transport is not None
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now; a busy one after its response."""
+        if self.head is None and not self.busy and not self.parser.buffered:
+            self._close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self.closed = True
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.write_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _arm(self, kind: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        s = self.state
+        delay = (s.keepalive_timeout, s.header_timeout, s.body_timeout)[kind]
+        self.timer_kind = kind
+        self.timer = self.loop.call_later(delay, self._on_timeout, kind)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_kind = -1
+
+    def _on_timeout(self, kind: int) -> None:
+        self.timer = None
+        self.timer_kind = -1
+        if self.closed or self.busy:
+            return
+        if kind == _IDLE:
+            self._close()
+            return
+        self.state.metrics.inc("collector_timeouts_total",
+                               phase="header" if kind == _HEADER else "body")
+        what = "the request head" if kind == _HEADER else "the request body"
+        if self.head is None:
+            self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
+        self._respond(error_response(
+            408, "request_timeout",
+            f"{what} did not arrive in time; send the whole request without pauses",
+            close=True), "invalid")
+
+
+def _pattern_label(request: Request) -> str:
+    """A metrics label without the path parameter values (bounded label cardinality)."""
+    path = request.path
+    for name, value in request.path_params.items():
+        path = path.replace(value, ":" + name)
+    return path
+
+
+def _internal_error() -> Response:
+    return error_response(500, "internal_error",
+                          "the collector hit a bug; it is logged. Retry, or report it")
+
+
+def protocol_factory(state: ServerState,
+                     loop: asyncio.AbstractEventLoop) -> Callable[[], HttpProtocol]:
+    def make() -> HttpProtocol:
+        return HttpProtocol(state, loop)
+
+    return make
+
+
+async def drain_connections(state: ServerState, timeout: float) -> None:
+    """Close idle connections, let busy ones finish for up to `timeout` s, then abort the rest."""
+    state.stopping = True
+    for conn in list(state.connections):
+        conn.shutdown()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while state.connections and asyncio.get_running_loop().time() < deadline:
+        for conn in list(state.connections):
+            conn.shutdown()
+        await asyncio.sleep(0.05)
+    for conn in list(state.connections):
+        conn.abort()
+    for task in list(state.tasks):
+        task.cancel()
+
+

@@ -1,0 +1,535 @@
+"""The event (SPEC §2): request body -> validated events -> canonical NDJSON lines.
+
+Pure functions, no I/O, no clock: the receive time comes in as an argument.
+
+This module is on the hot path. The server's target is 400,000 events/s on one core including
+HTTP parsing and the file write, which leaves about 1.5 µs per event for validation, id minting
+and encoding together. Hence the shape of the code, which is deliberate:
+
+* one Python function call per event (`_validate`); the error and rare-input paths (strings
+  for numbers, nested params, clock-skew correction) live in helpers that the common event
+  never reaches;
+* type checks with `type(x) is T`, which is both the fastest check and the right one: a JSON
+  `true` is a `bool`, and `bool` is a subclass of `int` that must not pass as a timestamp;
+* C-level loops where a Python loop would run per field (`keys() <= set`,
+  `isdisjoint(map(type, ...))`, `str.isprintable`);
+* per-batch constants (rounded receive time, the upper bound of ts) computed once per batch;
+* orjson for both directions, and in `encode_batch` one `dumps` per event whose output is
+  spliced after a formatted id prefix instead of building a second dict.
+
+Decisions where SPEC §2 is silent (tests pin each of them):
+
+* A field whose value is JSON `null` is treated as absent (`"params": null` is `{}`).
+* `event_type` is stripped; `event_id` is not (it is an opaque idempotency key, and a retry
+  must match byte for byte), but it may not be empty or contain control characters.
+* `ts` and `sent_at` accept an int, a float, or a string of ASCII digits with an optional
+  decimal part; `bool` is not a number.
+* With `sent_at`, the event keeps `sent_at` and the client's original `ts` as `client_ts`, and
+  `ts` becomes `client_ts + (received_at - sent_at)` rounded to milliseconds. The raw `ts` and
+  `sent_at` must be >= 0 and not look like milliseconds; the *corrected* ts must pass the range
+  checks. A corrected ts below 0 is rejected, not clamped: it means the two client values are
+  not from the same clock, and a clamped 1970 timestamp would poison every time-based query.
+* The default `ts` (no ts sent) is `received_at` rounded to milliseconds, the same value that
+  is written as `received_at`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from collector import defaults
+from collector.errors import BadEvent
+
+MS_THRESHOLD = 1e11
+"""A UNIX time in seconds above this (year 5138) is almost surely milliseconds."""
+MAX_REPORTED_ERRORS = 100
+"""A rejected batch names at most this many invalid events (SPEC §3)."""
+MAX_EVENT_TYPE_CHARS = 256
+MAX_EVENT_ID_CHARS = 64
+
+ALLOWED_FIELDS = frozenset(("event_type", "ts", "params", "event_id", "sent_at"))
+_ALLOWED_LIST = "event_type, ts, params, event_id, sent_at"
+_CONTAINERS = frozenset((dict, list))
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NUMERIC = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_BODY_HINT = "send one event object, an array of events, or one JSON object per line"
+_QUERY_FIELDS = frozenset(("event_type", "ts", "params", "event_id", "sent_at"))
+_JSON_TYPE_NAMES = {
+    dict: "an object", list: "an array", str: "a string", int: "a number",
+    float: "a number", bool: "a boolean", type(None): "null",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    max_future_skew: float = defaults.MAX_FUTURE_SKEW
+    """Seconds an event's (corrected) ts may be ahead of the server's receive time."""
+    max_depth: int = 32
+    """Nesting depth allowed in params; params itself is depth 1."""
+    max_events: int = defaults.MAX_EVENTS_PER_REQUEST
+    """Events per request; above it the whole request is refused with 413."""
+
+
+class TooManyEvents(BadEvent):
+    """More events in one request than `EventLimits.max_events`: the handler answers 413."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"too many events: {count} in one request, the limit is {limit}; "
+            f"split them into batches of at most {limit}"
+        )
+        self.count = count
+        self.limit = limit
+
+
+class BatchRejected(BadEvent):
+    """At least one event of a batch is invalid, so none was stored (all-or-nothing).
+
+    `errors` is `[{"index": i, "reason": "..."}]` for the first MAX_REPORTED_ERRORS invalid
+    events, in index order; `invalid` counts all of them and `total` the events in the request.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]], invalid: int, total: int) -> None:
+        if total == 1:
+            # A single event: the reason itself is the clearest message.
+            message = str(errors[0]["reason"])
+        else:
+            message = (
+                f"{invalid} of {total} events are invalid; nothing was stored. "
+                "Fix them and resend the batch."
+            )
+        super().__init__(message)
+        self.errors = errors
+        self.invalid = invalid
+        self.total = total
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def parse_body(body: bytes) -> tuple[list[Any], bool]:
+    """Decode a POST /api/events body into raw items (not validated yet).
+
+    Accepts one JSON object, a JSON array (a batch) or NDJSON (one object per line, blank lines
+    ignored). The Content-Type is not consulted: `navigator.sendBeacon` sends `text/plain`.
+    The whole body is tried as one JSON document first (the common case, one C call); NDJSON is
+    tried only when that fails and the first non-blank line is a JSON document on its own, so
+    that a broken pretty-printed object is reported at orjson's line and column instead of as
+    "line 1 is not valid NDJSON".
+
+    Returns:
+        (items, is_batch): is_batch is False only for a single object.
+
+    Raises:
+        BadEvent: empty body, empty array, invalid JSON (with line and column, or the NDJSON line
+            number), a top-level value that is neither an object nor an array.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not body.strip():
+            raise BadEvent(f"empty body: {_BODY_HINT}") from None
+        items = _parse_ndjson(body) if b"\n" in body.strip() else None
+        if items is None:
+            raise BadEvent(f"body is not valid JSON: {_decode_reason(exc)}; {_BODY_HINT}") from None
+        return items, True
+    if type(doc) is dict:
+        return [doc], False
+    if type(doc) is list:
+        if not doc:
+            raise BadEvent(f"empty array: the batch has no events; {_BODY_HINT}")
+        return doc, True
+    raise BadEvent(f"body is {_json_type(doc)}, not an event; {_BODY_HINT}")
+
+
+def _parse_ndjson(body: bytes) -> list[Any] | None:
+    """Items of an NDJSON body, or None if the body does not look like NDJSON at all."""
+    lines = body.split(b"\n")
+    items: list[Any] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if not items:
+                return None
+            raise BadEvent(
+                f"line {number} is not valid JSON: {_decode_reason(exc)}; NDJSON needs one "
+                "complete JSON object per line"
+            ) from None
+        if type(item) is not dict:
+            if not items:
+                return None
+            raise BadEvent(
+                f"line {number} is {_json_type(item)}; NDJSON needs one JSON object per line"
+            )
+        items.append(item)
+    return items
+
+
+def _decode_reason(exc: orjson.JSONDecodeError) -> str:
+    # orjson says "unexpected character: line 3 column 5 (char 20)"; the char offset is noise
+    # for a person reading the message.
+    return re.sub(r" \(char \d+\)$", "", str(exc))
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def validate_event(obj: Any, received_at: float, limits: EventLimits) -> dict[str, Any]:
+    """Validate and normalize one raw event.
+
+    Args:
+        obj: one item from `parse_body` or `event_from_query`.
+        received_at: server receive time, UNIX seconds.
+        limits: the configured limits.
+
+    Returns:
+        `{"event_type": str, "ts": int | float, "params": dict}` plus `event_id`, `sent_at`
+        and `client_ts` when they apply (see the module docstring).
+
+    Raises:
+        BadEvent: naming the field and how to fix it.
+    """
+    ra = round(received_at, 3)
+    return _validate(obj, ra, _upper_ts(ra, limits), limits.max_depth)
+
+
+def validate_batch(
+    items: list[Any], received_at: float, limits: EventLimits
+) -> list[dict[str, Any]]:
+    """Validate every item, all-or-nothing.
+
+    Raises:
+        TooManyEvents: more than `limits.max_events` items (checked before any validation).
+        BadEvent: no items at all.
+        BatchRejected: any item is invalid; carries index and reason of the first 100.
+    """
+    count = len(items)
+    if count > limits.max_events:
+        raise TooManyEvents(count, limits.max_events)
+    if not count:
+        raise BadEvent(f"no events: {_BODY_HINT}")
+    ra = round(received_at, 3)
+    upper = _upper_ts(ra, limits)
+    max_depth = limits.max_depth
+    validate = _validate
+    out: list[dict[str, Any]] = []
+    append = out.append
+    try:
+        for obj in items:
+            append(validate(obj, ra, upper, max_depth))
+    except BadEvent:
+        # Only now pay for error collection: re-run from the first failure with indexes.
+        errors, invalid = _collect_errors(items, len(out), ra, upper, max_depth)
+        raise BatchRejected(errors, invalid, count) from None
+    return out
+
+
+def _collect_errors(
+    items: list[Any], start: int, ra: float, upper: float, max_depth: int
+) -> tuple[list[dict[str, Any]], int]:
+    errors: list[dict[str, Any]] = []
+    invalid = 0
+    for index in range(start, len(items)):
+        try:
+            _validate(items[index], ra, upper, max_depth)
+        except BadEvent as exc:
+            invalid += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append({"index": index, "reason": exc.message})
+    return errors, invalid
+
+
+def _upper_ts(ra: float, limits: EventLimits) -> float:
+    # One bound for both range checks of ts: the future skew and the milliseconds guard.
+    return min(ra + limits.max_future_skew, MS_THRESHOLD)
+
+
+def _validate(obj: Any, ra: float, upper: float, max_depth: int) -> dict[str, Any]:
+    """The per-event fast path: straight-line checks, helpers only for rare shapes."""
+    if type(obj) is not dict:
+        raise BadEvent(
+            f'an event must be a JSON object like {{"event_type": "signup"}}, not {_json_type(obj)}'
+        )
+    if not obj.keys() <= ALLOWED_FIELDS:
+        _unknown_field(obj)
+
+    event_type = obj.get("event_type")
+    if type(event_type) is not str:
+        _bad_event_type(event_type)
+    event_type = event_type.strip()
+    if not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS or not event_type.isprintable():
+        _check_text("event_type", event_type, MAX_EVENT_TYPE_CHARS)
+
+    params = obj.get("params")
+    if params is None:
+        params = {}
+    elif type(params) is not dict:
+        raise BadEvent(f"params must be a JSON object (string keys), not {_json_type(params)}")
+    elif not _CONTAINERS.isdisjoint(map(type, params.values())):
+        _check_depth(params, max_depth)
+
+    event: dict[str, Any] = {"event_type": event_type, "ts": ra, "params": params}
+    ts = obj.get("ts")
+    if "sent_at" in obj or "event_id" in obj:
+        _optional_fields(obj, event, ts, ra, upper)
+    elif ts is not None:
+        tt = type(ts)
+        if tt is not int and tt is not float:
+            ts = _number("ts", ts)
+        if not 0 <= ts <= upper:
+            _check_ts("ts", ts, ra, upper)
+        event["ts"] = ts
+    return event
+
+
+def _optional_fields(
+    obj: dict[str, Any], event: dict[str, Any], ts: Any, ra: float, upper: float
+) -> None:
+    """event_id, sent_at and the clock-skew correction of ts; fills `event` in place."""
+    event_id = obj.get("event_id")
+    sent_at = obj.get("sent_at")
+    if event_id is not None:
+        if type(event_id) is not str:
+            raise BadEvent(
+                f"event_id must be a string of 1 to {MAX_EVENT_ID_CHARS} characters (a UUID, "
+                f"for example), not {_json_type(event_id)}"
+            )
+        _check_text("event_id", event_id, MAX_EVENT_ID_CHARS)
+    if ts is not None:
+        ts = _number("ts", ts)
+    if sent_at is None:
+        if ts is not None:
+            if not 0 <= ts <= upper:
+                _check_ts("ts", ts, ra, upper)
+            event["ts"] = ts
+    else:
+        sent_at = _number("sent_at", sent_at)
+        if not 0 <= sent_at <= MS_THRESHOLD:
+            _check_ts("sent_at", sent_at, ra, math.inf)
+        if ts is not None:
+            if not 0 <= ts <= MS_THRESHOLD:
+                _check_ts("ts", ts, ra, math.inf)
+            corrected = round(ts + (ra - sent_at), 3)
+            if not 0 <= corrected <= upper:
+                _bad_correction(corrected, ts, sent_at, ra, upper)
+            event["ts"] = corrected
+            event["client_ts"] = ts
+    if event_id is not None:
+        event["event_id"] = event_id
+    if sent_at is not None:
+        event["sent_at"] = sent_at
+
+
+def _bad_correction(corrected: float, ts: float, sent_at: float, ra: float, upper: float) -> None:
+    skew = round(ra - sent_at, 3)
+    if corrected < 0:
+        where = "negative"
+    else:
+        ahead, limit = round(corrected - ra, 3), round(upper - ra, 3)
+        where = f"{ahead} s ahead of the server clock (the limit is {limit} s)"
+    raise BadEvent(
+        f"ts {ts} corrected for the client's clock skew (received_at - sent_at = {skew} s) is "
+        f"{corrected}, which is {where}; send ts and sent_at from the same clock, both in UNIX "
+        "seconds"
+    )
+
+
+def _number(field: str, value: Any) -> int | float:
+    """An int or float as is, or a decimal string of digits converted; anything else fails."""
+    t = type(value)
+    if t is int or t is float:
+        return value  # type: ignore[no-any-return]
+    if t is str:
+        if _NUMERIC.fullmatch(value):
+            # Past 18 digits the value is out of range anyway; float() keeps a 5000-digit string
+            # from hitting int()'s digit limit (ValueError) and yields inf for absurd lengths.
+            return float(value) if "." in value or len(value) > 18 else int(value)
+        raise BadEvent(
+            f"{field} {value[:40]!r} is not a number; send UNIX seconds such as 1456606932 "
+            "(an integer, a decimal, or a string of digits)"
+        )
+    raise BadEvent(
+        f"{field} must be a number of UNIX seconds such as 1456606932, not {_json_type(value)}"
+    )
+
+
+def _check_ts(field: str, value: float, ra: float, upper: float) -> None:
+    """Raise the message explaining why `value` failed `0 <= value <= upper`."""
+    if value != value or value in (math.inf, -math.inf):
+        raise BadEvent(f"{field} must be a finite number of UNIX seconds, got {value}")
+    if value < 0:
+        raise BadEvent(f"{field} must be >= 0 (UNIX seconds), got {value}")
+    if value > MS_THRESHOLD:
+        raise BadEvent(
+            f"{field} {value} looks like milliseconds; divide it by 1000 to send UNIX seconds"
+        )
+    if value > upper:
+        raise BadEvent(
+            f"{field} {value} is {round(value - ra, 3)} s ahead of the server clock, more than "
+            f"the {round(upper - ra, 3)} s allowed; send UNIX seconds from a correct clock"
+        )
+    # Unreachable when the caller's range check used the same bounds.
+    raise AssertionError(f"{field} {value} failed the range check without a reason")
+
+
+def _check_text(field: str, value: str, max_chars: int) -> None:
+    """Length and control characters of a string field (after any stripping)."""
+    if not value:
+        raise BadEvent(f"{field} is empty; send 1 to {max_chars} characters")
+    if len(value) > max_chars:
+        raise BadEvent(f"{field} is {len(value)} characters long; the limit is {max_chars}")
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise BadEvent(
+            f"{field} contains the control character U+{ord(bad.group()):04X} at position "
+            f"{bad.start()}; remove it"
+        )
+    # Not printable but no control character: format characters such as the zero-width joiner
+    # of emoji sequences, or non-ASCII spaces. Those are fine.
+
+
+def _bad_event_type(value: Any) -> None:
+    if value is None:
+        raise BadEvent('event_type is required: a non-empty string such as "signup"')
+    raise BadEvent(f'event_type must be a string such as "signup", not {_json_type(value)}')
+
+
+def _unknown_field(obj: dict[str, Any]) -> None:
+    unknown = sorted(str(k) for k in obj if k not in ALLOWED_FIELDS)
+    label = "unknown field" if len(unknown) == 1 else "unknown fields"
+    names = ", ".join(repr(k) for k in unknown[:5])
+    raise BadEvent(
+        f"{label} {names}; an event may only have {_ALLOWED_LIST} (put your own data in params)"
+    )
+
+
+def _check_depth(params: dict[str, Any], max_depth: int) -> None:
+    """Reject params nested deeper than `max_depth` (params itself is depth 1).
+
+    Iterative, with an explicit stack, so that the check never meets Python's recursion limit,
+    and it stops at the first container past the limit instead of walking the rest.
+    """
+    stack: list[tuple[Any, int]] = [(params, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            t = type(child)
+            if t is dict or t is list:
+                if depth >= max_depth:
+                    raise BadEvent(
+                        f"params is nested more than {max_depth} levels deep (params itself is "
+                        "level 1); flatten it"
+                    )
+                stack.append((child, depth + 1))
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def encode_line(event: dict[str, Any], snowflake: int, received_at: float) -> bytes:
+    """One canonical segment line, ending in a newline.
+
+    Keys in order: id (decimal string: ids exceed JavaScript's 2**53), event_type, ts, params,
+    received_at (rounded to milliseconds), then event_id, sent_at, client_ts when present.
+    Does not modify `event`.
+    """
+    line: dict[str, Any] = {
+        "id": str(snowflake),
+        "event_type": event["event_type"],
+        "ts": event["ts"],
+        "params": event["params"],
+        "received_at": round(received_at, 3),
+    }
+    for key in ("event_id", "sent_at", "client_ts"):
+        if key in event:
+            line[key] = event[key]
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: float) -> bytes:
+    """The lines of `encode_line` for every event, joined into one bytes object.
+
+    Also adds `"id"` (int) and `"received_at"` to each event dict, so that the caller can hand
+    the same dicts to the request-path processors without parsing the lines back.
+
+    `events` must come from `validate_event`/`validate_batch`: the fast path relies on their key
+    order (event_type, ts, params first).
+
+    Raises:
+        ValueError: `events` and `ids` differ in length.
+    """
+    if len(events) != len(ids):
+        raise ValueError(f"cannot encode batch: {len(events)} events but {len(ids)} ids")
+    ra = round(received_at, 3)
+    dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
+    parts: list[bytes] = []
+    append = parts.append
+    for event, snowflake in zip(events, ids):  # noqa: B905 - lengths checked above
+        if len(event) == 3:
+            # Appending received_at keeps the canonical order for the common event, and the
+            # line is the id prefix plus that dict's JSON without its opening brace.
+            event["received_at"] = ra
+            append(b'{"id":"%d",' % snowflake)
+            append(dumps(event, option=newline)[1:])
+        else:
+            append(encode_line(event, snowflake, ra))
+            event["received_at"] = ra
+        event["id"] = snowflake
+    return b"".join(parts)
+
+
+# --- GET pixel --------------------------------------------------------------------------------
+
+
+def event_from_query(args: dict[str, str]) -> dict[str, Any]:
+    """The raw event of `GET /api/events/pixel.gif?event_type=...&params=<JSON>&ts=...`.
+
+    Every value is a string: `params` is parsed as JSON, `ts` and `sent_at` stay strings (the
+    validator accepts strings of digits). `key` (the write key) and names starting with `_`
+    (cache busters such as `_=1712345678`) are ignored; any other unknown name is an error, as
+    an unknown field of a JSON event is. Empty values count as absent. Pass the result to
+    `validate_event`.
+
+    Raises:
+        BadEvent: params is not a JSON object, or an unknown parameter.
+    """
+    raw: dict[str, Any] = {}
+    for name, value in args.items():
+        if name in _QUERY_FIELDS:
+            if value != "":
+                raw[name] = value
+        elif name != "key" and not name.startswith("_"):
+            raise BadEvent(
+                f"unknown query parameter {name!r}; the pixel takes {_ALLOWED_LIST} (params as "
+                "URL-encoded JSON)"
+            )
+    params = raw.get("params")
+    if params is not None:
+        try:
+            parsed = orjson.loads(params)
+        except orjson.JSONDecodeError as exc:
+            raise BadEvent(
+                f"params is not valid JSON: {_decode_reason(exc)}; send a URL-encoded JSON "
+                "object, e.g. params=%7B%22user_id%22%3A42%7D"
+            ) from None
+        if type(parsed) is not dict:
+            raise BadEvent(
+                f"params must be a URL-encoded JSON object, e.g. params=%7B%22user_id%22%3A42%7D, "
+                f"not {_json_type(parsed)}"
+            )
+        raw["params"] = parsed
+    return raw

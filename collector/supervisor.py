@@ -1,0 +1,258 @@
+"""`collector serve`: the supervisor process.
+
+It owns nothing on the request path. It prepares the data directory and the read token, starts
+the embedded redis-server (when no `redis.url` is set), the loader child (unless
+`loader.embedded = false`) and N worker processes that share the port through SO_REUSEPORT,
+then watches them: a worker or the loader that dies is restarted, and so is Redis.
+
+Children get their settings through the environment (`COLLECTOR_*`), the same mechanism users
+have, so a child computes exactly the configuration the supervisor printed.
+
+Stopping (SIGTERM or SIGINT): workers first (they stop accepting, finish in-flight requests and
+seal their segments), then the loader (it finishes its batch), then Redis. A second signal
+kills everything at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector import __version__
+from collector.auth import ensure_read_token
+from collector.config import Config
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+RESTART_BACKOFF_MAX = 10.0
+
+
+@dataclass(slots=True)
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_file: str | None) -> None:
+        self.cfg = cfg
+        self.config_file = config_file
+        self.workers: list[Child] = []
+        self.loader: Child | None = None
+        self.redis = None
+        self.stopping = 0
+        self.port = cfg.server.port
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def _child_env(self, redis_url: str) -> dict[str, str]:
+        cfg = self.cfg
+        env = dict(os.environ)
+        env["COLLECTOR_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
+        env["COLLECTOR_SERVER_HOST"] = cfg.server.host
+        env["COLLECTOR_SERVER_PORT"] = str(self.port)
+        env["COLLECTOR_SERVER_WORKERS"] = str(cfg.server.workers)
+        if redis_url:
+            env["COLLECTOR_REDIS_URL"] = redis_url
+        if self.config_file:
+            env["COLLECTOR_CONFIG"] = str(Path(self.config_file).resolve())
+        return env
+
+    def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        cfg.run_path.mkdir(parents=True, exist_ok=True)
+        for stale in cfg.run_path.glob("ready-*"):
+            stale.unlink()
+        token, created = ensure_read_token(cfg)
+        redis_url = cfg.redis.url
+        if cfg.redis.enabled and not redis_url:
+            from collector.embedded_redis import EmbeddedRedis
+
+            self.redis = EmbeddedRedis(cfg.data_path, cfg.run_path)
+            self.redis.start()
+            redis_url = self.redis.url
+        if self.port == 0:
+            self.port = _free_port(cfg.server.host)
+        env = self._child_env(redis_url)
+        exe = [sys.executable, "-m", "collector"]
+        if cfg.loader.embedded:
+            self.loader = Child("loader", [*exe, "loader"], env)
+            self.loader.start()
+        for i in range(cfg.server.workers):
+            ready = cfg.run_path / f"ready-{i}"
+            child = Child(f"worker {i}",
+                          [*exe, "_worker", "--index", str(i), "--ready-file", str(ready)], env)
+            child.start()
+            self.workers.append(child)
+        self._wait_ready()
+        self._banner(token, created, redis_url)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        pending = {i for i in range(len(self.workers))}
+        while pending:
+            for i in list(pending):
+                if (self.cfg.run_path / f"ready-{i}").exists():
+                    pending.discard(i)
+                elif not self.workers[i].alive():
+                    code = self.workers[i].proc.returncode if self.workers[i].proc else None
+                    self.stop()
+                    raise SystemExit(f"worker {i} exited during startup (code {code}); "
+                                     "see its log above")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"workers {sorted(pending)} did not start within "
+                                 f"{READY_TIMEOUT:.0f} s")
+            time.sleep(0.02)
+
+    def _banner(self, token: str | None, created: bool, redis_url: str) -> None:
+        cfg = self.cfg
+        host = cfg.server.host
+        shown = f"[{host}]" if ":" in host else host
+        data = Path(cfg.data_dir).resolve()
+        lines = [
+            f"collector {__version__}",
+            f"  listening   http://{shown}:{self.port}  ({cfg.server.workers} worker"
+            f"{'s' if cfg.server.workers != 1 else ''}, durability={cfg.segments.durability})",
+            f"  data        {data}",
+            f"  segments    {cfg.segments_path.resolve()}",
+            f"  store       {cfg.store.backend}: "
+            + (str(cfg.sqlite_file.resolve()) if cfg.store.backend == "sqlite"
+               else cfg.store.mongodb_uri),
+            f"  redis       {'embedded ' if self.redis else ''}{redis_url or 'off'}",
+            f"  loader      {'embedded (pid %d)' % self.loader.proc.pid if self.loader and self.loader.proc else 'not started here (loader.embedded = false)'}",  # noqa: E501
+        ]
+        if token is None:
+            lines.append("  reads       open to anyone (auth.open_reads = true)")
+        elif created:
+            lines.append(f"  read token  {token}")
+            lines.append(f"              (generated now, kept in {cfg.read_token_file.resolve()})")
+        else:
+            lines.append(f"  read token  in {cfg.read_token_file.resolve()}"
+                         if not cfg.auth.read_token else "  read token  from the configuration")
+        lines.append("  try         curl -d '{\"event_type\":\"hello\"}' "
+                     f"http://{shown}:{self.port}/api/events")
+        print("\n".join(lines), flush=True)
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    def watch(self) -> int:
+        def on_signal(signum: int, frame: object) -> None:
+            self.stopping += 1
+            if self.stopping > 1:
+                log.warning("second signal: killing everything now")
+                self.kill_all()
+                os._exit(1)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self.stopping:
+            self._check_children()
+            time.sleep(0.5)
+        log.info("stopping: workers first, then the loader, then redis")
+        self.stop()
+        return 0
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        children = [*self.workers, *([self.loader] if self.loader else [])]
+        for child in children:
+            if child.alive() or self.stopping:
+                continue
+            if child.next_start == 0.0:
+                code = child.proc.returncode if child.proc else None
+                delay = min(RESTART_BACKOFF_MAX, 0.5 * (2 ** min(child.restarts, 5)))
+                if now - child.started_at > 60:
+                    delay = 0.5  # it had been running fine for a while: restart promptly
+                log.error("%s exited (code %s); restarting in %.1f s", child.name, code, delay)
+                child.next_start = now + delay
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+        if self.redis is not None and not self.stopping:
+            try:
+                if self.redis.check_and_restart():
+                    log.error("embedded redis-server had died; restarted it")
+            except Exception:
+                log.exception("embedded redis-server could not be restarted")
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        timeout = self.cfg.server.shutdown_timeout + 5
+        self._stop_group(self.workers, timeout)
+        if self.loader is not None:
+            self._stop_group([self.loader], 30.0)
+        if self.redis is not None:
+            try:
+                self.redis.stop()
+            except Exception:
+                log.exception("embedded redis-server did not stop cleanly")
+        for ready in self.cfg.run_path.glob("ready-*"):
+            ready.unlink(missing_ok=True)
+
+    def _stop_group(self, children: list[Child], timeout: float) -> None:
+        for c in children:
+            c.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in children:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop in %.0f s; killing it", c.name, timeout)
+                c.proc.kill()
+                c.proc.wait()
+
+    def kill_all(self) -> None:
+        for c in [*self.workers, *([self.loader] if self.loader else [])]:
+            c.signal(signal.SIGKILL)
+        if self.redis is not None:
+            try:
+                self.redis.stop(timeout=2.0)
+            except Exception:
+                pass
+
+
+def serve(cfg: Config, config_file: str | None) -> int:
+    sup = Supervisor(cfg, config_file)
+    sup.start()
+    return sup.watch()

@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/*; they are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.server",
+]
