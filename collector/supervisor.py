@@ -15,6 +15,7 @@ kills everything at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -55,10 +56,8 @@ class Child:
     def signal(self, sig: int) -> None:
         if self.alive():
             assert self.proc is not None
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
 
 def _free_port(host: str) -> int:
@@ -156,7 +155,7 @@ class Supervisor:
             + (str(cfg.sqlite_file.resolve()) if cfg.store.backend == "sqlite"
                else cfg.store.mongodb_uri),
             f"  redis       {'embedded ' if self.redis else ''}{redis_url or 'off'}",
-            f"  loader      {'embedded (pid %d)' % self.loader.proc.pid if self.loader and self.loader.proc else 'not started here (loader.embedded = false)'}",  # noqa: E501
+            f"  loader      {self._loader_line()}",
         ]
         if token is None:
             lines.append("  reads       open to anyone (auth.open_reads = true)")
@@ -169,6 +168,11 @@ class Supervisor:
         lines.append("  try         curl -d '{\"event_type\":\"hello\"}' "
                      f"http://{shown}:{self.port}/api/events")
         print("\n".join(lines), flush=True)
+
+    def _loader_line(self) -> str:
+        if self.loader is not None and self.loader.proc is not None:
+            return f"embedded (pid {self.loader.proc.pid})"
+        return "not started here (loader.embedded = false): run `collector loader`"
 
     # -- watch ----------------------------------------------------------------------------------
 
@@ -246,10 +250,8 @@ class Supervisor:
         for c in [*self.workers, *([self.loader] if self.loader else [])]:
             c.signal(signal.SIGKILL)
         if self.redis is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.redis.stop(timeout=2.0)
-            except Exception:
-                pass
 
 
 def serve(cfg: Config, config_file: str | None) -> int:

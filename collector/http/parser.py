@@ -279,13 +279,13 @@ class RequestParser:
         self._skipped = skipped
         return pos
 
-    def _check_partial_head(self, buf: bytes | bytearray, pos: int) -> None:
-        """Fail now, not at the timeout, on a head that can no longer become valid.
+    def _scan_partial(self, buf: bytes | bytearray, pos: int) -> int:
+        """Count the line ends of an incomplete head or trailer section; reject bare CR/LF.
 
-        Only the bytes after `_scanned` are looked at, so a head trickled in one byte per
-        feed costs O(head) in total, not O(head^2).
+        Only the bytes after `_scanned` are looked at, so a head trickled in one byte per feed
+        costs O(head) in total, not O(head^2). Returns 1 when the buffer ends in a CR that may
+        still become a CRLF, else 0.
         """
-        limits = self._limits
         end = len(buf)
         start = pos + self._scanned
         self._crlfs += buf.count(b"\r\n", start - 1 if start > pos else pos, end)
@@ -297,14 +297,21 @@ class RequestParser:
             raise _bare_line_end("LF")
         if self._crs != self._crlfs + trailing_cr:
             raise _bare_line_end("CR")
+        return trailing_cr
+
+    def _check_partial_head(self, buf: bytes | bytearray, pos: int) -> None:
+        """Fail now, not at the header timeout, on a head that can no longer become valid."""
+        limits = self._limits
+        trailing_cr = self._scan_partial(buf, pos)
+        avail = len(buf) - pos
         if not self._line_ok:
             if self._crlfs == 0:
-                if end - pos - trailing_cr > limits.max_request_line:
+                if avail - trailing_cr > limits.max_request_line:
                     raise _request_line_too_long(limits)
             else:
                 _check_request_line_length(buf, pos, limits)
                 self._line_ok = True
-        if end - pos >= limits.max_header_bytes:
+        if avail >= limits.max_header_bytes:
             raise _headers_too_large(limits)
         if self._crlfs - 1 > limits.max_headers:
             raise _too_many_headers(limits)
@@ -391,6 +398,8 @@ class RequestParser:
         limit = self._limits.max_chunk_line
         i = buf.find(b"\r\n", pos, pos + limit + 2)
         if i < 0:
+            if buf.find(b"\n", pos, pos + limit + 2) >= 0:
+                raise _bare_line_end("LF")
             if len(buf) - pos - (1 if buf.endswith(b"\r") else 0) > limit:
                 raise ProtocolError(
                     f"a chunk-size line is longer than {limit} bytes; send the chunk size in "
@@ -418,7 +427,7 @@ class RequestParser:
         self._pos = i + 2
         if size == 0:
             self._chunk_phase = _TRAILERS
-            self._scanned = 0
+            self._reset_head_scan()
             return True
         max_body = self._limits.max_body
         if self._seen + size > max_body:
@@ -439,15 +448,15 @@ class RequestParser:
         if buf.startswith(b"\r\n", pos):
             self._pos = pos + 2
             return True
+        avail = len(buf) - pos
+        if not avail or (avail == 1 and buf[pos] == 0x0D):
+            return False  # may still be the empty trailer section
         end = buf.find(b"\r\n\r\n", pos + self._scanned - 3 if self._scanned > 3 else pos)
         budget = self._budget
         if end < 0:
-            avail = len(buf) - pos
-            self._scanned = avail
+            self._scan_partial(buf, pos)
             if avail >= budget:
                 raise _trailers_too_large(self._limits)
-            if avail >= 2 and buf.startswith(b"\n", pos) or b"\r\n\n" in buf[pos:]:
-                raise _bare_line_end("LF")
             return False
         if end + 4 - pos > budget:
             raise _trailers_too_large(self._limits)
@@ -513,6 +522,7 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
     if b"".join(names).translate(None, _TCHAR):
         for line in lines[1:]:
             _check_field_line(line, "header")
+        raise AssertionError("unreachable: a bad field name fails _check_field_line")
 
     fields = dict(headers)
     if len(fields) == len(headers):
@@ -590,17 +600,14 @@ def _parse_other_target(raw: bytes, method: str) -> str:
         lowered = raw[:8].lower()
         scheme_len = 7 if lowered.startswith(b"http://") else 8 if lowered == b"https://" else 0
         if scheme_len:
+            # absolute-form (RFC 9112 §3.2.2): keep path and query, drop scheme and authority
             rest = raw[scheme_len:]
-            cut = len(rest)
-            for stop in (b"/", b"?", b"#"):
-                i = rest.find(stop)
-                if 0 <= i < cut:
-                    cut = i
-            if cut > 0 and not rest[:cut].startswith(b"@"):
+            slash = rest.find(b"/")
+            query = rest.find(b"?")
+            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+            if cut > 0:
                 path = rest[cut:]
-                if not path.startswith(b"/"):
-                    path = b"/" + path
-                return path.decode("latin-1")
+                return ("/" if not path.startswith(b"/") else "") + path.decode("latin-1")
     shown = raw[:60].decode("latin-1")
     raise ProtocolError(
         f"invalid request target {shown!r}; send a path starting with '/' (percent-encode "

@@ -153,7 +153,9 @@ class Segment:
             fsync_dir(directory)
         except OSError as exc:
             os.close(fd)
-            raise StorageUnavailable(f"cannot sync directory {directory}: {_describe(exc)}") from exc
+            raise StorageUnavailable(
+                f"cannot sync directory {directory}: {_describe(exc)}"
+            ) from exc
         return cls(directory, first_id, fd, clock.monotonic(), ops)
 
     @property

@@ -1,0 +1,414 @@
+"""Real-time stats counters: summed in memory on the request path, flushed to Redis per tick.
+
+Theory of operation
+    `add(events)` runs on the request path, after the segment writer acknowledged the events.
+    It never awaits and never touches a socket: per event it increments one dict entry keyed
+    by (whole second, event type) and, when the event has a user, adds the user to a per-day
+    set. Expanding a second into its minute, hour and day buckets, formatting key names and
+    computing TTLs happen once per distinct second per tick, in `flush()`, not once per event.
+
+    `flush()` folds what `add()` gathered into the *pending* state (key -> field -> count,
+    bitmap and HyperLogLog members per day key, key -> deadline for the EXPIRE) and sends all
+    of it in one `pipeline(transaction=False)`: HINCRBY per (key, field), BITFIELD SET for
+    bitmap members, PFADD for HyperLogLog members, EXPIRE per touched key. So the number of
+    round trips is one per tick whatever the request rate, and the number of commands grows
+    with the number of distinct buckets and types, not with events. Results are checked one by
+    one (`execute(raise_on_error=False)`): what succeeded leaves the pending state, what
+    failed stays for the next tick. HINCRBY and PFADD/BITFIELD are not idempotent on retry only
+    when Redis applied a command but the answer was lost (a timeout mid-pipeline): then a count
+    may be applied twice. `collector stats rebuild` repairs any window from the segments.
+
+Redis trouble
+    Redis down, slow, out of memory or read-only never reaches ingestion: `add()` is pure
+    memory, the flush runs in its own task with the client's socket timeouts, and its errors
+    are caught here. Pending state is bounded by `redis.max_pending_keys` entries (a hash
+    field or a user member is one entry); an event whose counters would exceed the bound is
+    dropped as a whole (all granularities, so the granularities stay consistent with each
+    other) and counted in `collector_stats_dropped_total{kind="events"}`; users beyond the bound
+    in `{kind="users"}`. An incident is logged when it starts and when it ends, never per tick.
+    Pending counts of a bucket whose retention has passed are discarded silently: the bucket
+    would have expired anyway.
+
+Known limits
+    Counts pending in a worker that is killed (SIGKILL, OOM kill) are lost; `close()` flushes
+    them on a graceful stop, bounded by a timeout. Events older than the longest retention
+    are not counted (counted in `collector_stats_too_old_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from collector import stats
+from collector.clock import Clock
+from collector.config import RedisConfig, StatsConfig
+from collector.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000
+"""Members per BITFIELD/PFADD command: keeps every command (and a retry of it) small."""
+
+_OK = "ok"
+
+
+class StatsCounters:
+    """Per-worker aggregator of the real-time counters; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        redis_cfg: RedisConfig,
+        stats_cfg: StatsConfig,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        """Args:
+            client: a redis.asyncio client (Redis or RedisCluster), owned and closed by the
+                caller.
+        Raises:
+            ConfigError: a granularity format that merges buckets, or a prefix with braces.
+        """
+        stats.validate_granularities(stats_cfg.granularities, redis_cfg.key_prefix)
+        self._client = client
+        self._clock = clock
+        self._metrics = metrics
+        self._grans = stats_cfg.granularities
+        self._keys = stats.KeySpace(redis_cfg.key_prefix)
+        self._user_key = stats_cfg.user_key
+        self._interval = redis_cfg.flush_interval
+        self._close_timeout = max(2 * redis_cfg.timeout, 0.5)
+        self._max_pending = redis_cfg.max_pending_keys
+        self._uniques_retention = stats.uniques_retention(stats_cfg)
+        # An event older than this many seconds lands in no live bucket of any granularity.
+        self._max_age = max(g.seconds + g.retention for g in self._grans)
+
+        # Gathered by add() since the last flush.
+        self._counts: dict[tuple[int, str], int] = {}
+        self._bits: dict[int, set[int]] = {}
+        self._hll: dict[int, set[str]] = {}
+
+        # Pending: folded, not yet acknowledged by Redis. `_size` counts entries (fields and
+        # members), the unit of the max_pending_keys bound.
+        self._pending: dict[str, dict[str, int]] = {}
+        self._pending_bits: dict[str, set[int]] = {}
+        self._pending_hll: dict[str, set[str]] = {}
+        self._expire: dict[str, int] = {}
+        self._size = 0
+
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._failures = 0
+        self._dropping = False
+        self._dropped_in_incident = 0
+        self._describe_metrics()
+
+    def _describe_metrics(self) -> None:
+        m = self._metrics
+        m.describe("collector_redis_errors_total", "counter",
+                   "Failed Redis stats flushes and failed commands inside them")
+        m.describe("collector_stats_dropped_total", "counter",
+                   "Stats dropped because the pending bound was reached (kind: events, users)")
+        m.describe("collector_stats_flushes_total", "counter",
+                   "Stats flush pipelines sent to Redis, by result")
+        m.describe("collector_stats_pending_keys", "gauge",
+                   "Counter fields and user members waiting for Redis")
+        m.describe("collector_stats_too_old_total", "counter",
+                   "Events older than the longest stats retention, not counted")
+
+    # --- hot path --------------------------------------------------------------------------
+
+    def add(self, events: Iterable[dict[str, Any]]) -> None:
+        """Count accepted events in memory. Never awaits, never does I/O.
+
+        Each event has "event_type", "ts" (UNIX seconds, >= 0) and "params" (dict).
+        """
+        oldest = self._clock.time() - self._max_age
+        counts = self._counts
+        user_key = self._user_key
+        limit = stats.BITMAP_ID_LIMIT
+        too_old = 0
+        for e in events:
+            ts = e["ts"]
+            if ts < oldest:
+                too_old += 1
+                continue
+            sec = int(ts)
+            k = (sec, e["event_type"])
+            counts[k] = counts.get(k, 0) + 1
+            u = e["params"].get(user_key)
+            if u is None:
+                continue
+            day = sec - sec % stats.DAY
+            if type(u) is int and 0 <= u < limit:  # the common case, without a call
+                bits = self._bits.get(day)
+                if bits is None:
+                    bits = self._bits[day] = set()
+                bits.add(u)
+            else:
+                self._add_user(day, stats.user_member(u))
+        if too_old:
+            self._metrics.inc("collector_stats_too_old_total", too_old)
+
+    def _add_user(self, day: int, member: int | str | None) -> None:
+        if member is None:
+            return
+        if isinstance(member, int):
+            self._bits.setdefault(day, set()).add(member)
+        else:
+            self._hll.setdefault(day, set()).add(member)
+
+    # --- flush loop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the flush loop (one flush every redis.flush_interval seconds)."""
+        if self._task is not None:
+            raise RuntimeError("cannot start StatsCounters: already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="stats-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug: keep counting, but say it loudly
+                log.exception("stats flush failed unexpectedly")
+
+    async def close(self) -> None:
+        """Stop the loop and flush what is pending, waiting at most about 2x redis.timeout."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await asyncio.wait_for(self.flush(), self._close_timeout)
+        except TimeoutError:
+            pass
+        if self._size or self._counts:
+            log.warning("stats: %d pending counter entries not written to Redis at shutdown",
+                        self._size + len(self._counts))
+
+    @property
+    def pending(self) -> int:
+        """Entries (counter fields and user members) waiting for Redis."""
+        return self._size
+
+    async def flush(self) -> None:
+        """Send everything gathered and pending in one pipeline; keep what fails for next time.
+
+        Never raises for Redis trouble (connection refused, timeout, OOM, READONLY...): those
+        are counted, logged once per incident, and the counts stay pending.
+        """
+        async with self._lock:
+            now = self._clock.time()
+            self._fold(now)
+            self._prune(now)
+            if not self._expire:
+                self._metrics.set("collector_stats_pending_keys", self._size)
+                return
+            pipe = self._client.pipeline(transaction=False)
+            ops = self._queue(pipe, now)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as e:
+                self._failed(e, commands=1)
+            else:
+                self._settle(ops, results)
+            self._metrics.set("collector_stats_pending_keys", self._size)
+
+    # --- folding gathered counts into the pending state ------------------------------------
+
+    def _fold(self, now: float) -> None:
+        counts, self._counts = self._counts, {}
+        bits, self._bits = self._bits, {}
+        hll, self._hll = self._hll, {}
+        targets: dict[int, list[tuple[str, int]]] = {}
+        pending, expire = self._pending, self._expire
+        total = stats.TOTAL_FIELD
+        dropped = 0
+        for (sec, etype), n in counts.items():
+            keys = targets.get(sec)
+            if keys is None:
+                keys = targets[sec] = stats.live_targets(sec, self._grans, self._keys, now)
+            new = 0
+            for key, _ in keys:
+                fields = pending.get(key)
+                if fields is None:
+                    new += 2
+                else:
+                    new += (etype not in fields) + (total not in fields)
+            if self._size + new > self._max_pending:
+                dropped += n
+                continue
+            self._size += new
+            for key, end in keys:
+                fields = pending.get(key)
+                if fields is None:
+                    fields = pending[key] = {}
+                    expire[key] = end
+                fields[etype] = fields.get(etype, 0) + n
+                fields[total] = fields.get(total, 0) + n
+        dropped_users = 0
+        for day, members in bits.items():
+            dropped_users += self._fold_users(day, members, self._keys.bits_key(day),
+                                              self._pending_bits, now)
+        for day, names in hll.items():
+            dropped_users += self._fold_users(day, names, self._keys.hll_key(day),
+                                              self._pending_hll, now)
+        if dropped or dropped_users:
+            self._dropped(dropped, dropped_users)
+
+    def _fold_users(self, day: int, members: set[Any], key: str,
+                    pending: dict[str, set[Any]], now: float) -> int:
+        """Add a day's users to the pending set of `key`; returns how many did not fit."""
+        end = day + stats.DAY + self._uniques_retention
+        if end <= now:
+            return 0
+        have = pending.get(key)
+        fresh = members if have is None else members - have
+        room = self._max_pending - self._size
+        if len(fresh) > room:
+            kept = set(islice(fresh, max(room, 0)))
+            lost = len(fresh) - len(kept)
+            fresh = kept
+        else:
+            lost = 0
+        if fresh:
+            if have is None:
+                pending[key] = set(fresh)
+            else:
+                have |= fresh
+            self._expire[key] = end
+            self._size += len(fresh)
+        return lost
+
+    def _prune(self, now: float) -> None:
+        """Forget pending writes of keys past their retention: they would expire at once."""
+        for key in [k for k, end in self._expire.items() if end <= now]:
+            del self._expire[key]
+            fields = self._pending.pop(key, None)
+            if fields:
+                self._size -= len(fields)
+            for pending in (self._pending_bits, self._pending_hll):
+                members = pending.pop(key, None)
+                if members:
+                    self._size -= len(members)
+
+    # --- one pipeline -----------------------------------------------------------------------
+
+    def _queue(self, pipe: Any, now: float) -> list[tuple[str, str, Any]]:
+        """Queue every pending write on `pipe`; returns one (kind, key, what) per command, in
+        command order, so each result can be matched to what it acknowledges."""
+        ops: list[tuple[str, str, Any]] = []
+        for key, fields in self._pending.items():
+            for field, n in fields.items():
+                pipe.hincrby(key, field, n)
+                ops.append(("h", key, field))
+        for key, members in self._pending_bits.items():
+            for chunk in _chunks(members):
+                args: list[Any] = []
+                for m in chunk:
+                    args += ("SET", "u1", m, 1)
+                pipe.execute_command("BITFIELD", key, *args)
+                ops.append(("b", key, chunk))
+        for key, names in self._pending_hll.items():
+            for chunk in _chunks(names):
+                pipe.pfadd(key, *chunk)
+                ops.append(("p", key, chunk))
+        # EXPIRE after the writes: on a missing key it is a no-op, so it must follow them.
+        for key, end in self._expire.items():
+            pipe.expire(key, max(1, int(end - now)))
+            ops.append(("e", key, None))
+        return ops
+
+    def _settle(self, ops: list[tuple[str, str, Any]], results: list[Any]) -> None:
+        """Drop acknowledged writes from the pending state; keep failed ones for next tick."""
+        errors: list[BaseException] = []
+        expired_ok: list[str] = []
+        for (kind, key, what), result in zip(ops, results, strict=True):
+            if isinstance(result, BaseException):
+                errors.append(result)
+                continue
+            if kind == "h":
+                fields = self._pending[key]
+                del fields[what]
+                self._size -= 1
+                if not fields:
+                    del self._pending[key]
+            elif kind == "e":
+                expired_ok.append(key)
+            else:
+                pending = self._pending_bits if kind == "b" else self._pending_hll
+                members = pending[key]
+                members -= what
+                self._size -= len(what)
+                if not members:
+                    del pending[key]
+        for key in expired_ok:
+            # A key whose writes failed needs its EXPIRE again after the retry.
+            if (key not in self._pending and key not in self._pending_bits
+                    and key not in self._pending_hll):
+                del self._expire[key]
+        if errors:
+            self._failed(errors[0], commands=len(errors))
+        else:
+            self._succeeded()
+
+    # --- incidents --------------------------------------------------------------------------
+
+    def _failed(self, error: BaseException, *, commands: int) -> None:
+        self._metrics.inc("collector_redis_errors_total", commands)
+        self._metrics.inc("collector_stats_flushes_total", result="error")
+        self._failures += 1
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "stats: writing counters to Redis failed (%s: %s); counts are kept (up to %d "
+                "entries) and retried every %.3g s", type(error).__name__, error,
+                self._max_pending, self._interval,
+            )
+
+    def _succeeded(self) -> None:
+        self._metrics.inc("collector_stats_flushes_total", result=_OK)
+        if self._failing:
+            log.warning(
+                "stats: Redis writes recovered after %d failed flushes; %d events dropped "
+                "meanwhile (rebuild them with `collector stats rebuild --since <ts>`)",
+                self._failures, self._dropped_in_incident,
+            )
+            self._failing = False
+            self._failures = 0
+            self._dropped_in_incident = 0
+        if self._dropping and self._size < self._max_pending:
+            self._dropping = False
+
+    def _dropped(self, events: int, users: int) -> None:
+        if events:
+            self._metrics.inc("collector_stats_dropped_total", events, kind="events")
+        if users:
+            self._metrics.inc("collector_stats_dropped_total", users, kind="users")
+        self._dropped_in_incident += events
+        if not self._dropping:
+            self._dropping = True
+            log.warning(
+                "stats: %d pending entries reached redis.max_pending_keys; further counts are "
+                "dropped (and counted in collector_stats_dropped_total) until Redis catches up",
+                self._size,
+            )
+
+
+def _chunks(members: set[Any]) -> Iterable[set[Any]]:
+    it = iter(members)
+    while chunk := set(islice(it, CHUNK)):
+        yield chunk
