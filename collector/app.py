@@ -23,7 +23,7 @@ from collector.http import handlers
 from collector.http.parser import ParserLimits
 from collector.http.protocol import ServerState, drain_connections, protocol_factory
 from collector.http.router import Route, Router
-from collector.metrics import Metrics
+from collector.metrics import Metrics, observe_into
 from collector.metrics_files import remove_snapshot, write_snapshot
 from collector.snowflake import SnowflakeGenerator
 from collector.storage.rejected import RejectedLog
@@ -126,10 +126,9 @@ def build_router(ctx: AppContext) -> Router:
     ):
         try:
             module = __import__(module_name, fromlist=["routes"])
+            feature_routes.extend(module.routes(ctx))
         except ImportError as e:
             log.warning("routes of %s not available: %s", module_name, e)
-            continue
-        feature_routes.extend(module.routes(ctx))
     router.add_all(handlers.routes(ctx, router.routes))
     router.add_all(feature_routes)
     return router
@@ -143,19 +142,22 @@ def make_state(ctx: AppContext, router: Router) -> ServerState:
         max_header_bytes=s.max_header_bytes,
         max_body=s.max_body_bytes,
     )
-    label_cache: dict[tuple[str, int], dict[str, str]] = {}
+    cells: dict[tuple[str, int], list[float]] = {}
+    buckets, latency = metrics.histogram("collector_request_duration_seconds")
 
     def on_request(route: str, status: int, seconds: float) -> None:
-        # Label dicts are cached: this runs once per request on the hot path. Unknown paths
-        # all share the label "unmatched", so a scanner cannot blow up the label set.
+        # Runs once per request: a cached counter cell and an inlined histogram update.
+        # Unknown paths all share the label "unmatched" (set by the protocol), and the label
+        # set is capped, so a scanner cannot grow it without bound.
         key = (route, status)
-        labels = label_cache.get(key)
-        if labels is None:
-            if len(label_cache) > 1000:
+        cell = cells.get(key)
+        if cell is None:
+            if len(cells) > 1000:
                 route = "other"
-            labels = label_cache[key] = {"route": route, "status": str(status)}
-        metrics.inc("collector_requests_total", **labels)
-        metrics.observe("collector_request_duration_seconds", seconds)
+            cell = cells[key] = metrics.cell("collector_requests_total", route=route,
+                                             status=str(status))
+        cell[0] += 1
+        observe_into(buckets, latency, seconds)
 
     return ServerState(
         router=router, metrics=metrics, limits=limits,

@@ -23,7 +23,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class _Family:
     kind: str  # "counter" | "gauge" | "histogram"
     help: str
-    values: dict[LabelKey, float] = field(default_factory=dict)
+    values: dict[LabelKey, list[float]] = field(default_factory=dict)
+    """One-element lists ("cells"), so hot paths can hold a cell and add to it directly."""
     buckets: tuple[float, ...] = ()
     # histogram state per label set: (bucket counts, sum, count)
     hist: dict[LabelKey, list[float]] = field(default_factory=dict)
@@ -48,30 +49,42 @@ class Metrics:
                 kind, name, buckets=LATENCY_BUCKETS if kind == "histogram" else ())
         return fam
 
-    def inc(self, name: str, value: float = 1, **labels: str) -> None:
-        fam = self._family(name, "counter")
+    def cell(self, name: str, kind: str = "counter", **labels: str) -> list[float]:
+        """The one-element list holding a counter or gauge: `cell[0] += n` on hot paths skips
+        the label sorting and lookups of inc()."""
+        fam = self._family(name, kind)
         key = tuple(sorted(labels.items()))
-        fam.values[key] = fam.values.get(key, 0) + value
+        c = fam.values.get(key)
+        if c is None:
+            c = fam.values[key] = [0.0]
+        return c
+
+    def inc(self, name: str, value: float = 1, **labels: str) -> None:
+        self.cell(name, "counter", **labels)[0] += value
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        fam = self._family(name, "gauge")
-        fam.values[tuple(sorted(labels.items()))] = value
+        self.cell(name, "gauge", **labels)[0] = value
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
+    def histogram(self, name: str, **labels: str) -> tuple[tuple[float, ...], list[float]]:
+        """(bucket bounds, state) of a histogram: state[i] counts values in bucket i,
+        state[-2] is the sum and state[-1] the count. See observe_into()."""
         fam = self._family(name, "histogram")
         key = tuple(sorted(labels.items()))
         state = fam.hist.get(key)
         if state is None:
             state = fam.hist[key] = [0.0] * (len(fam.buckets) + 2)
-        state[bisect.bisect_left(fam.buckets, value)] += 1
-        state[-2] += value  # sum
-        state[-1] += 1  # count (the +Inf bucket)
+        return fam.buckets, state
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        buckets, state = self.histogram(name, **labels)
+        observe_into(buckets, state, value)
 
     def get(self, name: str, **labels: str) -> float:
         fam = self._families.get(name)
         if fam is None:
             return 0
-        return fam.values.get(tuple(sorted(labels.items())), 0)
+        c = fam.values.get(tuple(sorted(labels.items())))
+        return c[0] if c else 0
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy, for the per-worker snapshot file."""
@@ -81,10 +94,16 @@ class Metrics:
                 "kind": fam.kind,
                 "help": fam.help,
                 "buckets": list(fam.buckets),
-                "values": [[list(map(list, k)), v] for k, v in fam.values.items()],
+                "values": [[list(map(list, k)), v[0]] for k, v in fam.values.items()],
                 "hist": [[list(map(list, k)), list(s)] for k, s in fam.hist.items()],
             }
         return out
+
+
+def observe_into(buckets: tuple[float, ...], state: list[float], value: float) -> None:
+    state[bisect.bisect_left(buckets, value)] += 1
+    state[-2] += value  # sum
+    state[-1] += 1  # count (the +Inf bucket)
 
 
 def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ Buckets
     A bucket of a granularity of `s` seconds starts at `floor(ts / s) * s`: buckets are aligned
     on the UNIX epoch, hence on UTC (hours and days start at UTC :00 and midnight). The bucket
     part of a key is the start formatted with the granularity's `format` through `time.gmtime`,
-    so the host's time zone never leaks into a key. A format must tell consecutive buckets
-    apart (`%Y%m%d%H` for minutes would merge sixty buckets into one key); `validate_format`
-    refuses such formats at startup.
+    so the host's time zone never leaks into a key. A format must tell apart the buckets that
+    are kept at the same time (`%Y%m%d%H` for minutes would merge sixty buckets into one key);
+    `validate_format` refuses such formats at startup.
 
 Retention
     A bucket's key lives until `bucket end + retention`: its "deadline". Writers compute the TTL
@@ -86,25 +86,34 @@ def deadline(start: int, g: Granularity) -> int:
 
 
 def validate_format(g: Granularity) -> None:
-    """Refuse a format that gives two consecutive buckets the same key.
+    """Refuse a format that gives two buckets alive at the same time the same key.
 
-    Checked on a few sample instants (month, year and leap-day boundaries included) rather
-    than proved: a format without the field that changes from one bucket to the next fails on
-    at least one of them.
+    Two buckets coexist when their starts are less than `seconds + retention` apart. The check
+    is sampled rather than proved: at a few instants (month, year and leap-day edges included)
+    it compares a bucket's key with the keys of the buckets one step, one minute, hour, day,
+    week, month (28 to 31 days) and year (365, 366 days) later, whichever coexist with it. A
+    format that lacks the field changing at one of those periods fails on one of them: `%Y%m%d%H`
+    for minutes, or `%H` for hours kept 49 h. `%H` for hours kept 2 h passes: its keys repeat
+    daily, but each one has expired long before.
 
     Raises:
-        ConfigError: naming the granularity and the clash.
+        ConfigError: naming the granularity and the two buckets that clash.
     """
-    samples = (0, 951_782_400, 1_456_606_932, 1_704_067_199, 1_709_164_800, 4_102_444_799)
+    samples = (951_782_400, 1_456_606_932, 1_704_067_199, 1_709_164_800, 4_102_444_799)
+    periods = (1, 60, 3600, DAY, 7 * DAY, 28 * DAY, 29 * DAY, 30 * DAY, 31 * DAY, 365 * DAY,
+               366 * DAY)
+    lifetime = g.seconds + g.retention
+    offsets = sorted({g.seconds, *(p for p in periods if p % g.seconds == 0 and p < lifetime)})
     for ts in samples:
         a = bucket_start(ts, g.seconds)
-        for b in (a - g.seconds, a + g.seconds):
-            if b >= 0 and format_bucket(a, g.format) == format_bucket(b, g.format):
-                raise ConfigError(
-                    f"stats.granularities.{g.name}.format {g.format!r} gives buckets "
-                    f"{a} and {b} the same key {format_bucket(a, g.format)!r}; "
-                    f"add the fields that change every {g.seconds} s"
-                )
+        for off in offsets:
+            for b in (a - off, a + off):
+                if b >= 0 and format_bucket(a, g.format) == format_bucket(b, g.format):
+                    raise ConfigError(
+                        f"stats.granularities.{g.name}.format {g.format!r} gives buckets "
+                        f"{a} and {b}, both kept at once, the same key "
+                        f"{format_bucket(a, g.format)!r}; add the fields that tell them apart"
+                    )
 
 
 def validate_granularities(granularities: Sequence[Granularity], key_prefix: str) -> None:
@@ -321,3 +330,55 @@ def uniques_row(day_start: int, exact: int, estimated: int) -> dict[str, Any]:
         "exact": exact,
         "estimated": estimated,
     }
+
+
+# --- the rebuild window --------------------------------------------------------------------
+
+
+def rebuild_span(since: float, until: float,
+                 granularities: Sequence[Granularity]) -> tuple[int, int]:
+    """[lo, hi): the events to read so that every bucket touching [since, until] can be
+    replaced exactly.
+
+    A bucket is a sum over all of its events: replacing one that straddles `since` with the
+    events from `since` on would lose the ones before. So the span widens to the start of the
+    bucket holding `since` and the end of the bucket holding `until`, for every granularity
+    and for the UTC day (the uniques are per day). With the usual nested granularities (each
+    width divides the next, and the day) this is [midnight before since, midnight after
+    until), and every bucket touching [since, until] lies inside it.
+    """
+    widths = [DAY, *(g.seconds for g in granularities)]
+    lo = min(bucket_start(since, w) for w in widths)
+    hi = max(bucket_start(until, w) + w for w in widths)
+    return lo, hi
+
+
+def replaced_buckets(
+    lo: int, hi: int, granularities: Sequence[Granularity], now: float
+) -> tuple[list[tuple[Granularity, int]], int]:
+    """Buckets a rebuild of [lo, hi) replaces: those lying wholly inside it and not past their
+    retention (a rebuild must not resurrect expired keys).
+
+    Returns:
+        (granularity, start) pairs, and how many buckets intersecting [lo, hi) were left
+        alone because they straddle an edge: only possible when a granularity's width does
+        not divide the day's (lo and hi are then not on its bucket edges).
+    """
+    out: list[tuple[Granularity, int]] = []
+    straddling = 0
+    for g in granularities:
+        w = g.seconds
+        first = bucket_start(lo, w)
+        last = bucket_start(hi - 1, w)
+        # Skip the expired prefix arithmetically: a 400-day rebuild must not walk 34 million
+        # expired second buckets one by one.
+        oldest_alive = bucket_start(now - w - g.retention, w) + w
+        for s in {first, last}:
+            if (s < lo or s + w > hi) and deadline(s, g) > now:
+                straddling += 1
+        if first < lo:
+            first += w
+        if last + w > hi:
+            last -= w
+        out.extend((g, s) for s in range(max(first, oldest_alive), last + 1, w))
+    return out, straddling

@@ -55,6 +55,8 @@ class Ingest:
         self.max_body = cfg.server.max_body_bytes
         self.write_keys = cfg.auth.write_keys
         self.metrics = ctx.metrics
+        self._accepted_cell = ctx.metrics.cell("collector_events_accepted_total")
+        self._bytes_cell = ctx.metrics.cell("collector_segment_bytes_total")
 
     # -- POST /api/events ----------------------------------------------------------------------
 
@@ -158,9 +160,8 @@ class Ingest:
                 self.metrics.inc("collector_processor_errors_total",
                                  processor=type(proc).__name__)
                 log.exception("processor %s failed", type(proc).__name__)
-        m = self.metrics
-        m.inc("collector_events_accepted_total", len(events))
-        m.inc("collector_segment_bytes_total", nbytes)
+        self._accepted_cell[0] += len(events)
+        self._bytes_cell[0] += nbytes
         if pixel:
             return Response(200, PIXEL_GIF, "image/gif",
                             [("cache-control", "no-store, max-age=0")])

@@ -56,6 +56,7 @@ Limits (ParserLimits)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from collector.errors import ProtocolError
 from collector.http.events import (
@@ -66,9 +67,17 @@ from collector.http.events import (
     EndOfMessage,
     Event,
     RequestHead,
+    RequestHeadTwin,
     Sentinel,
 )
-from collector.http.state import ConnState, Trigger, body_framing, keep_alive, transition
+from collector.http.state import (
+    TRANSITIONS,
+    ConnState,
+    Trigger,
+    body_framing,
+    keep_alive,
+    transition,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,23 @@ _MAX_CHUNK_SIZE_DIGITS = 16
 
 _END = EndOfMessage()
 _CLOSED = ConnectionClosed()
+
+# Module-level aliases: a global lookup is cheaper than an attribute of an Enum class, and
+# next_event() tests the state on every call.
+_IDLE = ConnState.IDLE
+_BODY = ConnState.BODY
+_DONE = ConnState.DONE
+_MUST_CLOSE = ConnState.MUST_CLOSE
+_CLOSED_STATE = ConnState.CLOSED
+_ERROR = ConnState.ERROR
+# The moves the parser makes from a state its own dispatch guarantees (the head reader only
+# runs in IDLE, the body readers only in BODY) are looked up in the table once, here, rather
+# than per request; the table stays the single source of truth. Moves a caller can get wrong
+# (start_next_cycle) and the error move go through transition() every time.
+_AFTER_HEAD = TRANSITIONS[(_IDLE, Trigger.HEAD)]
+_AFTER_PEER_EOF = TRANSITIONS[(_IDLE, Trigger.PEER_EOF)]
+_AFTER_END_KEEP_ALIVE = TRANSITIONS[(_BODY, Trigger.END_KEEP_ALIVE)]
+_AFTER_END_CLOSE = TRANSITIONS[(_BODY, Trigger.END_CLOSE)]
 
 
 class RequestParser:
@@ -150,7 +176,7 @@ class RequestParser:
         Raises:
             RuntimeError: data after EOF (a caller bug: a closed socket delivers nothing).
         """
-        if self._state is ConnState.ERROR:
+        if self._state is _ERROR:
             return
         if not data:
             self._eof = True
@@ -185,15 +211,15 @@ class RequestParser:
         """
         state = self._state
         try:
-            if state is ConnState.IDLE:
-                return self._read_head()
-            if state is ConnState.BODY:
+            if state is _BODY:
                 if self._chunked:
                     return self._read_chunked()
                 return self._read_sized()
-            if state is ConnState.DONE or state is ConnState.MUST_CLOSE:
+            if state is _IDLE:
+                return self._read_head()
+            if state is _DONE or state is _MUST_CLOSE:
                 return PAUSED
-            if state is ConnState.CLOSED:
+            if state is _CLOSED_STATE:
                 return _CLOSED
         except ProtocolError as exc:
             self._error = exc
@@ -211,7 +237,8 @@ class RequestParser:
                 been read to its EndOfMessage and allowed keep-alive.
         """
         self._state = transition(self._state, Trigger.NEXT_CYCLE)
-        self._reset_head_scan()
+        if self._scanned or self._skipped:
+            self._reset_head_scan()
 
     # --- head ---------------------------------------------------------------------------------
 
@@ -230,7 +257,7 @@ class RequestParser:
             pos = self._skip_empty_lines(buf, pos)
         if pos == len(buf):
             if self._eof:
-                self._state = transition(self._state, Trigger.PEER_EOF)
+                self._state = _AFTER_PEER_EOF
                 return _CLOSED
             return NEED_DATA
         end = buf.find(b"\r\n\r\n", pos + self._scanned - 3 if self._scanned > 3 else pos)
@@ -247,7 +274,7 @@ class RequestParser:
         head_bytes = buf[pos:end] if type(buf) is bytes else bytes(memoryview(buf)[pos:end])
         self._pos = end + 4
         head = parse_head(head_bytes, limits)
-        self._state = transition(self._state, Trigger.HEAD)
+        self._state = _AFTER_HEAD
         self._keep_alive = head.keep_alive
         if head.chunked:
             self._chunked = True
@@ -262,7 +289,8 @@ class RequestParser:
     def _skip_empty_lines(self, buf: bytes | bytearray, pos: int) -> int:
         """RFC 9112 §2.2: ignore CRLFs before a request line, but not without bound."""
         start = pos
-        while buf.startswith(b"\r\n", pos):
+        allowed = self._limits.max_request_line - self._skipped
+        while buf.startswith(b"\r\n", pos) and pos - start <= allowed:
             pos += 2
         self._skipped += pos - start
         if self._skipped > self._limits.max_request_line:
@@ -328,22 +356,27 @@ class RequestParser:
         return bytes(memoryview(buf)[pos:pos + n])
 
     def _end(self) -> EndOfMessage:
-        trigger = Trigger.END_KEEP_ALIVE if self._keep_alive else Trigger.END_CLOSE
-        self._state = transition(self._state, trigger)
+        self._state = _AFTER_END_KEEP_ALIVE if self._keep_alive else _AFTER_END_CLOSE
         return _END
 
     def _read_sized(self) -> Body | EndOfMessage | Sentinel:
         left = self._left
         if not left:
-            return self._end()
-        avail = len(self._buf) - self._pos
+            self._state = _AFTER_END_KEEP_ALIVE if self._keep_alive else _AFTER_END_CLOSE
+            return _END
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
         if not avail:
             if self._eof:
                 raise _incomplete()
             return NEED_DATA
         n = avail if avail < left else left
         self._left = left - n
-        return Body(self._take(n))
+        self._pos = pos + n
+        if type(buf) is bytes:
+            return Body(buf[pos:pos + n])  # the whole object itself when it is all of it
+        return Body(bytes(memoryview(buf)[pos:pos + n]))
 
     def _read_chunked(self) -> Body | EndOfMessage | Sentinel:
         """Decode as many chunks as are buffered into one Body (RFC 9112 §7.1).
@@ -544,16 +577,18 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
         version, content_lengths, transfer_encodings, limits.max_body
     )
     expect = fields.get(b"expect")
-    return RequestHead(
+    result = RequestHeadTwin(
         method,
         target,
         version,
         tuple(headers),
-        keep_alive(version, connection),
+        keep_alive(version, connection) if connection else version == "1.1",
         expect is not None and version == "1.1" and expect.lower() == b"100-continue",
         content_length,
         chunked,
     )
+    result.__class__ = RequestHead  # see events.RequestHeadTwin
+    return cast(RequestHead, result)
 
 
 def _parse_method(raw: bytes) -> str:

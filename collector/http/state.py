@@ -39,6 +39,10 @@ from collector.errors import ProtocolError
 
 
 class ConnState(enum.Enum):
+    # Enum's __hash__ is Python code and the table below is looked up on every request; members
+    # are singletons compared by identity, so the identity hash is equivalent and C-fast.
+    __hash__ = object.__hash__
+
     IDLE = "IDLE"
     BODY = "BODY"
     DONE = "DONE"
@@ -50,6 +54,8 @@ class ConnState(enum.Enum):
 class Trigger(enum.Enum):
     """What happened; the value is the operation named in "cannot <op>: <reason>"."""
 
+    __hash__ = object.__hash__  # see ConnState
+
     HEAD = "read a request head"
     END_KEEP_ALIVE = "end a keep-alive request"
     END_CLOSE = "end a closing request"
@@ -58,16 +64,16 @@ class Trigger(enum.Enum):
     ERROR = "fail"
 
 
-TRANSITIONS: Mapping[tuple[ConnState, Trigger], ConnState] = MappingProxyType(
-    {
-        (ConnState.IDLE, Trigger.HEAD): ConnState.BODY,
-        (ConnState.IDLE, Trigger.PEER_EOF): ConnState.CLOSED,
-        (ConnState.BODY, Trigger.END_KEEP_ALIVE): ConnState.DONE,
-        (ConnState.BODY, Trigger.END_CLOSE): ConnState.MUST_CLOSE,
-        (ConnState.DONE, Trigger.NEXT_CYCLE): ConnState.IDLE,
-        **{(state, Trigger.ERROR): ConnState.ERROR for state in ConnState},
-    }
-)
+_TABLE: dict[tuple[ConnState, Trigger], ConnState] = {
+    (ConnState.IDLE, Trigger.HEAD): ConnState.BODY,
+    (ConnState.IDLE, Trigger.PEER_EOF): ConnState.CLOSED,
+    (ConnState.BODY, Trigger.END_KEEP_ALIVE): ConnState.DONE,
+    (ConnState.BODY, Trigger.END_CLOSE): ConnState.MUST_CLOSE,
+    (ConnState.DONE, Trigger.NEXT_CYCLE): ConnState.IDLE,
+    **{(state, Trigger.ERROR): ConnState.ERROR for state in ConnState},
+}
+TRANSITIONS: Mapping[tuple[ConnState, Trigger], ConnState] = MappingProxyType(_TABLE)
+"""Every legal (state, trigger) -> next state; anything absent is a caller bug."""
 
 _WHY_NOT: Mapping[ConnState, str] = MappingProxyType(
     {
@@ -91,7 +97,7 @@ def transition(state: ConnState, trigger: Trigger) -> ConnState:
             the caller (e.g. the server starting a new cycle before the body was read).
     """
     try:
-        return TRANSITIONS[(state, trigger)]
+        return _TABLE[(state, trigger)]
     except KeyError:
         raise RuntimeError(f"cannot {trigger.value}: {_WHY_NOT[state]}") from None
 
@@ -194,7 +200,8 @@ def _check_chunked(
     ]
     if codings == [b"chunked"]:
         return
-    if b"chunked" in codings or b"" in codings:
+    uses = codings.count(b"chunked")
+    if b"" in codings or uses > 1 or (uses and codings[-1] != b"chunked"):
         raise ProtocolError(
             "Transfer-Encoding must list 'chunked' exactly once, as its last coding; "
             "send 'Transfer-Encoding: chunked'",

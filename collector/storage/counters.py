@@ -191,10 +191,8 @@ class StatsCounters:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        try:
+        with contextlib.suppress(TimeoutError):  # a dead Redis must not hold up shutdown
             await asyncio.wait_for(self.flush(), self._close_timeout)
-        except TimeoutError:
-            pass
         if self._size or self._counts:
             log.warning("stats: %d pending counter entries not written to Redis at shutdown",
                         self._size + len(self._counts))

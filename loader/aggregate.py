@@ -1,0 +1,120 @@
+"""Daily aggregation and the rollups derived from it (pure functions, no store access).
+
+`daily_stats` holds one total per (UTC day, event type). The stores keep it current inside the
+batch that inserts the events, so it always equals a GROUP BY over the events table; the weekly,
+monthly and yearly totals are folds of the daily rows, never a scan of the events. Days are UTC
+and written "YYYY-MM-DD", so string order is date order (years 1000-9999).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable
+
+DAY_SECONDS = 86_400
+PERIODS = ("day", "week", "month", "year")
+
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+
+
+def day_number(ts: float) -> int:
+    """Days since 1970-01-01 of a UNIX time (UTC)."""
+    return math.floor(ts / DAY_SECONDS)
+
+
+def day_string(day: int) -> str:
+    """"YYYY-MM-DD" of a day number."""
+    return _dt.date.fromordinal(day + _EPOCH_ORDINAL).isoformat()
+
+
+def day_of(ts: float) -> str:
+    """The UTC day of a UNIX time, as "YYYY-MM-DD"."""
+    return day_string(day_number(ts))
+
+
+def day_start(day: str) -> float:
+    """UNIX time of 00:00:00 UTC of a "YYYY-MM-DD" day."""
+    return float((_dt.date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL) * DAY_SECONDS)
+
+
+class DayNamer:
+    """Day strings with a cache: a batch touches few days, and formatting a date for every
+    event would cost more than the insert it annotates. The cache is bounded because a
+    replay of old segments walks through many days."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ts: float) -> str:
+        n = math.floor(ts / DAY_SECONDS)
+        s = self._cache.get(n)
+        if s is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            s = self._cache[n] = day_string(n)
+        return s
+
+
+def period_start(day: str, period: str) -> str:
+    """First day of the period containing `day`: itself, its Monday, the 1st of its month or
+    January 1st of its year.
+
+    Raises:
+        ValueError: unknown period.
+    """
+    d = _dt.date.fromisoformat(day)
+    if period == "day":
+        return day
+    if period == "week":
+        return (d - _dt.timedelta(days=d.weekday())).isoformat()
+    if period == "month":
+        return d.replace(day=1).isoformat()
+    if period == "year":
+        return d.replace(month=1, day=1).isoformat()
+    raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+
+
+def rollup_rows(daily: Iterable[tuple[str, str, int]], period: str) -> list[dict[str, object]]:
+    """Fold (day, event_type, total) rows into periods.
+
+    Returns rows {"start": first day of the period, "event_type", "total"} ordered by start,
+    then event type. Raises ValueError for an unknown period.
+    """
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+    sums: dict[tuple[str, str], int] = {}
+    starts: dict[str, str] = {}
+    for day, event_type, total in daily:
+        start = starts.get(day)
+        if start is None:
+            start = starts[day] = period_start(day, period)
+        key = (start, event_type)
+        sums[key] = sums.get(key, 0) + int(total)
+    return [{"start": s, "event_type": t, "total": n} for (s, t), n in sorted(sums.items())]
+
+
+def day_bounds(start: float | None, end: float | None) -> tuple[str | None, str | None]:
+    """The days containing an inclusive [start, end] range of UNIX seconds (None: unbounded).
+
+    Rollups work on whole days: a range that starts or ends inside a day includes that day.
+    """
+    return (None if start is None else day_of(start), None if end is None else day_of(end))
+
+
+def full_days(start: float | None, end: float | None) -> tuple[int | None, int | None] | None:
+    """The day numbers [first, last] whose every instant lies in the inclusive range.
+
+    Used to answer a count from `daily_stats` for whole days and from the events only for the
+    partial days at the edges. None as a bound means unbounded on that side; the function
+    returns None when no whole day fits. A day d is whole when d*86400 >= start and
+    (d+1)*86400 <= end: its events have ts < (d+1)*86400 <= end. An `end` such as
+    "23:59:59" therefore does not cover its day (an event at 23:59:59.5 is outside it).
+    """
+    first = None if start is None else math.ceil(start / DAY_SECONDS)
+    last = None if end is None else math.floor(end / DAY_SECONDS) - 1
+    if first is not None and last is not None and first > last:
+        return None
+    return first, last

@@ -1,0 +1,431 @@
+"""The loader daemon: tail the segments, insert in batches, checkpoint, apply retention.
+
+Theory of operation. One pass (`run_once`) repeats: read up to `loader.batch_size` whole lines
+after the committed positions (tailer.Tailer), parse them, insert them in one store batch
+(which also updates daily_stats), and only then save the positions after those lines
+(checkpoint.Checkpoint). `run` repeats passes, sleeping `loader.poll_interval` when a pass found
+nothing, so new lines and new segments are picked up without a restart.
+
+Exactly once, effectively: the checkpoint never runs ahead of the store, and the store ignores
+an event whose Snowflake id (or client event_id) it already holds, so a crash anywhere (even
+SIGKILL between the commit and the checkpoint) costs at most the replay of one batch and loads
+nothing twice.
+
+Stopping. The first SIGTERM/SIGINT is a warm stop: the batch in progress is finished and
+checkpointed, then the loop ends and `main` returns 0. A second signal is a cold stop: it raises
+SystemExit at once; the open transaction is rolled back and the batch is replayed next time.
+
+Bad lines. A line that is not a JSON object with id, event_type and ts cannot be loaded by any
+retry, so it is counted (loader_bad_lines_total), logged and skipped rather than wedging the
+stream. A failing store (locked, disk full, MongoDB down) is the opposite: the batch is retried
+from the same positions with a growing pause, and errors are counted.
+
+Retention. Sealed segments that are fully loaded (entirely behind the committed position of
+their stream) and whose modification time is older than `loader.retention_days` are deleted;
+`.open` files and anything not yet committed are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from collector.clock import Clock, SystemClock
+from collector.config import Config
+from collector.metrics import Metrics, render
+from loader.checkpoint import Checkpoint, Position, StreamKey, stream_name
+from loader.lock import LoaderLock, LockHeld
+from loader.metrics_http import MetricsServer
+from loader.status import read_status, status_path, write_status
+from loader.stores.base import Event, EventStore, open_store
+from loader.tailer import Tailer, scan
+
+__all__ = ["EXIT_LOCKED", "LoaderDaemon", "checkpoint_path", "main", "parse_lines",
+           "read_status"]
+
+log = logging.getLogger(__name__)
+
+SNOWFLAKE_EPOCH_MS = 1_451_606_400_000
+"""2016-01-01T00:00:00Z, the custom epoch of SPEC §4."""
+EXIT_LOCKED = 75
+"""Exit status when another loader holds the lock (EX_TEMPFAIL: try again later)."""
+RETENTION_INTERVAL = 60.0
+"""Seconds between two retention sweeps (each lists the directory and stats the files)."""
+STATUS_INTERVAL = 1.0
+MAX_BACKOFF = 30.0
+
+
+def checkpoint_path(cfg: Config) -> Path:
+    """One checkpoint per backend: switching from SQLite to MongoDB loads everything again
+    into the new store instead of believing it is already there."""
+    return cfg.data_path / "loader" / f"checkpoint.{cfg.store.backend}.json"
+
+
+def snowflake_seconds(snowflake: int) -> float:
+    return ((snowflake >> 22) + SNOWFLAKE_EPOCH_MS) / 1000.0
+
+
+def parse_lines(lines: list[bytes]) -> tuple[list[Event], int]:
+    """Events parsed from segment lines, and how many lines were not valid events.
+
+    Valid: a JSON object with `id` (decimal string or int), `event_type` (string) and a
+    numeric `ts`. Blank lines are skipped without counting them as bad.
+    """
+    loads = orjson.loads
+    events: list[Event] = []
+    bad = 0
+    for line in lines:
+        try:
+            e = loads(line)
+        except orjson.JSONDecodeError:
+            if line.strip():
+                bad += 1
+            continue
+        if type(e) is dict:
+            i = e.get("id")
+            ts = e.get("ts")
+            if ((type(i) is str and i.isdigit()) or type(i) is int) and type(
+                    e.get("event_type")) is str and type(ts) in (int, float):
+                events.append(e)
+                continue
+        bad += 1
+    return events, bad
+
+
+class LoaderDaemon:
+    """See the module docstring. Runs in one thread; `stop()` may be called from any."""
+
+    def __init__(self, cfg: Config, store: EventStore, clock: Clock, *,
+                 metrics: Metrics | None = None, checkpoint: Checkpoint | None = None,
+                 tailer: Tailer | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.checkpoint = checkpoint or Checkpoint(checkpoint_path(cfg))
+        self.tailer = tailer or Tailer(cfg.segments_path, clock)
+        self.positions: dict[StreamKey, Position] = self.checkpoint.load()
+        self._stop = threading.Event()
+        self._last_loaded: dict[StreamKey, float] = {}
+        self._retention_at: float | None = None
+        self._rate_mark = (clock.monotonic(), 0)
+        self._rate = 0.0
+        self.started_at = clock.time()
+        self.counts = {"batches": 0, "events_loaded": 0, "events_inserted": 0, "errors": 0,
+                       "bad_lines": 0, "segments_deleted": 0}
+        self.last_error: str | None = None
+        for name, (kind, help_) in _FAMILIES.items():
+            self.metrics.describe(name, kind, help_)
+
+    # -- control -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Warm stop: finish the batch in progress, then return from run()/run_once()."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- one pass ----------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Load what is available now, batch after batch; apply retention when it is due.
+
+        Returns the number of events read from the segments and committed (events the store
+        already held included: the store decides what is new; see counts["events_inserted"]).
+        Store errors propagate, with the positions left at the last committed batch.
+        """
+        loaded = 0
+        size = max(1, self.cfg.loader.batch_size)
+        while not self._stop.is_set():
+            batch = self.tailer.read(self.positions, size)
+            if not batch.lines:
+                # Moving past finished or vanished segments needs no checkpoint: they are
+                # derived again from the saved position after a restart.
+                self.positions = batch.positions
+                break
+            loaded += self._load(batch.lines, batch.positions, batch.streams)
+            if len(batch.lines) < size:
+                break
+        self._maybe_apply_retention()
+        return loaded
+
+    def _load(self, lines: list[bytes], positions: dict[StreamKey, Position],
+              streams: dict[StreamKey, int]) -> int:
+        t0 = self.clock.monotonic()
+        events, bad = parse_lines(lines)
+        if bad:
+            self.counts["bad_lines"] += bad
+            self.metrics.inc("loader_bad_lines_total", bad)
+            log.warning("skipped %d segment lines that are not valid events", bad)
+        inserted = self.store.insert_batch(events) if events else 0
+        self.checkpoint.save(positions)
+        self.positions = positions
+        self._note_last_loaded(events, streams)
+        self.counts["batches"] += 1
+        self.counts["events_loaded"] += len(events)
+        self.counts["events_inserted"] += inserted
+        self.metrics.inc("loader_batches_total")
+        self.metrics.inc("loader_events_loaded_total", len(events))
+        self.metrics.inc("loader_events_inserted_total", inserted)
+        self.metrics.observe("loader_batch_seconds", self.clock.monotonic() - t0)
+        return len(events)
+
+    def _note_last_loaded(self, events: list[Event], streams: dict[StreamKey, int]) -> None:
+        """Remember the time of the last event loaded per stream, for lag_seconds. Lines of
+        one stream are contiguous in a batch, so walking back from the end finds each
+        stream's last event after a few steps."""
+        want = set(streams)
+        for e in reversed(events):
+            if not want:
+                break
+            i = int(e["id"])
+            key = ((i >> 17) & 31, (i >> 12) & 31)
+            if key in want:
+                want.discard(key)
+                self._last_loaded[key] = snowflake_seconds(i)
+
+    # -- loop --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, *, status_file: Path | None = None,
+            on_status: Any = None) -> None:
+        """Pass after pass until `stop` (or self.stop()) is set.
+
+        Args:
+            stop: an external stop event (the signal handlers of `main` set it).
+            status_file: where to write the status about once a second (None: nowhere).
+            on_status: called with the status dict about once a second (metrics server).
+        """
+        if stop is not None:
+            self._stop = stop
+        failures = 0
+        next_status = 0.0
+        while not self._stop.is_set():
+            try:
+                n = self.run_once()
+                failures = 0
+            except Exception as e:  # a store outage: keep the daemon alive and retry
+                n = 0
+                failures += 1
+                self._count_error(e)
+                log.exception("loading a batch failed (attempt %d); retrying from the last "
+                              "committed position", failures)
+            now = self.clock.monotonic()
+            if now >= next_status:
+                self._publish(status_file, on_status)
+                next_status = now + STATUS_INTERVAL
+            if failures:
+                self._stop.wait(min(MAX_BACKOFF, self.cfg.loader.poll_interval * 2 ** failures))
+            elif n == 0:
+                self._stop.wait(self.cfg.loader.poll_interval)
+        self._publish(status_file, on_status)
+
+    def _count_error(self, e: BaseException) -> None:
+        self.counts["errors"] += 1
+        self.metrics.inc("loader_errors_total")
+        self.last_error = f"{type(e).__name__}: {e}"
+
+    def _publish(self, status_file: Path | None, on_status: Any) -> None:
+        status = self.status()
+        if status_file is not None:
+            try:
+                write_status(status_file, status)
+            except OSError as e:
+                log.warning("cannot write the loader status %s: %s", status_file, e)
+        if on_status is not None:
+            on_status(status)
+
+    # -- retention ---------------------------------------------------------------------------
+    def _maybe_apply_retention(self) -> None:
+        now = self.clock.monotonic()
+        if self._retention_at is not None and now - self._retention_at < RETENTION_INTERVAL:
+            return
+        self._retention_at = now
+        try:
+            self.apply_retention()
+        except OSError as e:
+            self._count_error(e)
+            log.warning("retention sweep failed: %s", e)
+
+    def apply_retention(self) -> int:
+        """Delete sealed, fully loaded segments older than loader.retention_days; returns how
+        many were deleted. Uses only committed positions."""
+        max_age = self.cfg.loader.retention_days * 86_400.0
+        now = self.clock.time()
+        deleted = 0
+        for key, segs in scan(self.tailer.directory).items():
+            pos = self.positions.get(key)
+            if pos is None:
+                continue
+            for ref in segs:
+                if ref.first_id > pos.segment or not ref.sealed:
+                    break
+                if ref.first_id == pos.segment and pos.offset < ref.size:
+                    break
+                if now - ref.mtime <= max_age:
+                    continue
+                try:
+                    os.unlink(self.tailer.directory / ref.name(True))
+                except FileNotFoundError:
+                    continue
+                deleted += 1
+                log.info("retention: deleted loaded segment %s", ref.name(True))
+        if deleted:
+            self.counts["segments_deleted"] += deleted
+            self.metrics.inc("loader_segments_deleted_total", deleted)
+        return deleted
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Positions, lag, counters and rate, as written to data/run/loader.json."""
+        now_m = self.clock.monotonic()
+        mark_t, mark_n = self._rate_mark
+        if now_m - mark_t >= STATUS_INTERVAL:
+            self._rate = (self.counts["events_loaded"] - mark_n) / (now_m - mark_t)
+            self._rate_mark = (now_m, self.counts["events_loaded"])
+        listing = self.tailer.listing()
+        backlog = self.tailer.backlog(self.positions)
+        per_line = max(1.0, self.tailer.average_line_bytes)
+        streams: dict[str, Any] = {}
+        for key in sorted(set(listing) | set(self.positions)):
+            pos = self.positions.get(key)
+            lag_bytes = backlog.get(key, 0)
+            lag_s = 0.0
+            if lag_bytes and listing.get(key):
+                newest = max(ref.mtime for ref in listing[key])
+                last = self._last_loaded.get(key)
+                if last is None:
+                    last = snowflake_seconds(pos.segment if pos else listing[key][0].first_id)
+                lag_s = max(0.0, newest - last)
+            streams[stream_name(key)] = {
+                "segment": None if pos is None else f"{pos.segment:020d}",
+                "offset": None if pos is None else pos.offset,
+                "lag_bytes": lag_bytes,
+                "lag_events": round(lag_bytes / per_line),
+                "lag_seconds": round(lag_s, 3),
+            }
+        lag_bytes = sum(s["lag_bytes"] for s in streams.values())
+        status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "updated_at": self.clock.time(),
+            "started_at": self.started_at,
+            "segments_dir": str(self.tailer.directory),
+            "store": describe_store(self.cfg),
+            "checkpoint": str(self.checkpoint.path),
+            "streams": streams,
+            "lag_bytes": lag_bytes,
+            "lag_events": round(lag_bytes / per_line),
+            "lag_seconds": max((s["lag_seconds"] for s in streams.values()), default=0.0),
+            "events_per_second": round(self._rate, 1),
+            "segments_skipped": self.tailer.skipped_segments,
+            "last_error": self.last_error,
+            **self.counts,
+        }
+        for name in ("loader_lag_bytes", "loader_lag_events", "loader_lag_seconds",
+                     "loader_events_per_second"):
+            self.metrics.set(name, float(status[name.removeprefix("loader_")]))
+        return status
+
+
+_FAMILIES = {
+    "loader_batches_total": ("counter", "Batches committed to the event store"),
+    "loader_events_loaded_total": ("counter", "Events read from segments and committed"),
+    "loader_events_inserted_total": ("counter", "Events new to the store (replays excluded)"),
+    "loader_errors_total": ("counter", "Failed store writes and other loader errors"),
+    "loader_bad_lines_total": ("counter", "Segment lines that are not valid events (skipped)"),
+    "loader_segments_deleted_total": ("counter", "Segments deleted by retention"),
+    "loader_lag_bytes": ("gauge", "Segment bytes written but not yet loaded"),
+    "loader_lag_events": ("gauge", "Events not yet loaded (estimated from bytes / mean line)"),
+    "loader_lag_seconds": ("gauge", "Newest segment write time minus the last loaded event"),
+    "loader_events_per_second": ("gauge", "Events loaded per second over the last second"),
+    "loader_batch_seconds": ("histogram", "Time to parse, insert and checkpoint one batch"),
+}
+
+
+def describe_store(cfg: Config) -> str:
+    """Where the loader writes, for humans: the SQLite file, or the MongoDB URI without its
+    credentials."""
+    if cfg.store.backend == "sqlite":
+        return f"sqlite:{cfg.sqlite_file}"
+    parts = urlsplit(cfg.store.mongodb_uri)
+    host = parts.netloc.rpartition("@")[2]
+    uri = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return f"mongodb:{uri} database {cfg.store.mongodb_database}"
+
+
+def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = False) -> int:
+    """`collector loader`: run the daemon in this process until SIGTERM/SIGINT.
+
+    Args:
+        cfg: the configuration (data_dir, segments, store, loader sections).
+        metrics_port: serve Prometheus text on 127.0.0.1:<port>/metrics; None takes
+            loader.metrics_port, and 0 serves nothing.
+        wait_for_lock: wait while another loader holds the lock instead of exiting
+            EXIT_LOCKED (a standby loader).
+
+    Returns the exit status: 0 after a warm stop, EXIT_LOCKED when another loader runs.
+    """
+    clock = SystemClock()
+    lock = LoaderLock(cfg.run_path / "loader.lock")
+    try:
+        lock.acquire(blocking=wait_for_lock)
+    except LockHeld as e:
+        print(f"collector loader: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    stop = threading.Event()
+    previous = _install_signals(stop)
+    server: MetricsServer | None = None
+    store: EventStore | None = None
+    try:
+        store = open_store(cfg)
+        daemon = LoaderDaemon(cfg, store, clock, metrics=Metrics())
+        print(f"collector loader: reading {cfg.segments_path}, writing {describe_store(cfg)}, "
+              f"position in {daemon.checkpoint.path}, status in {status_path(cfg)}",
+              file=sys.stderr, flush=True)
+        port = cfg.loader.metrics_port if metrics_port is None else metrics_port
+        if port:
+            server = MetricsServer(port)
+            server.start()
+            print(f"collector loader: metrics on http://127.0.0.1:{server.port}/metrics",
+                  file=sys.stderr, flush=True)
+        publish = None
+        if server is not None:
+            srv = server
+
+            def publish(status: dict[str, Any]) -> None:
+                srv.publish(render(daemon.metrics.snapshot()))
+
+        daemon.run(stop, status_file=status_path(cfg), on_status=publish)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
+        if store is not None:
+            store.close()
+        lock.release()
+
+
+def _install_signals(stop: threading.Event) -> dict[int, Any]:
+    """First SIGTERM/SIGINT: warm stop. Second: cold stop (SystemExit now)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("signal %d: finishing the current batch, then stopping", signum)
+        stop.set()
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return previous
+
