@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ def describe_metrics(m: Metrics) -> None:
     m.describe("collector_segment_bytes_total", "counter", "bytes appended to segments")
     m.describe("collector_segment_rotations_total", "counter", "segments sealed")
     m.describe("collector_segment_fsyncs_total", "counter", "fsync calls on segments")
+    m.describe("collector_segment_write_errors_total", "counter",
+               "segment writes that failed (disk full, I/O error, file gone)")
+    m.describe("collector_segment_writes_refused_total", "counter",
+               "writes refused at once while storage was unavailable")
+    m.describe("collector_rejected_recorded_total", "counter",
+               "rejected bodies kept in the rejected/ directory")
+    m.describe("collector_rejected_failures_total", "counter",
+               "rejected bodies that could not be kept")
     m.describe("collector_storage_unavailable_total", "counter",
                "requests answered 503 because segments could not be written")
     m.describe("collector_connections_open", "gauge", "open client connections")
@@ -191,6 +200,10 @@ async def _ticker(worker: Worker) -> None:
             m.set("collector_connections_open", len(worker.state.connections))
             m.set("collector_segment_rotations_total", w.segments_rolled)
             m.set("collector_segment_fsyncs_total", w.fsyncs)
+            m.set("collector_segment_write_errors_total", w.write_errors)
+            m.set("collector_segment_writes_refused_total", w.writes_refused)
+            m.set("collector_rejected_recorded_total", ctx.rejected.recorded)
+            m.set("collector_rejected_failures_total", ctx.rejected.failures)
             write_snapshot(run_dir, ctx.worker_index, m.snapshot())
         except Exception:
             log.exception("worker tick failed")
@@ -245,8 +258,11 @@ async def serve_worker(cfg: Config, worker_index: int, ready_file: Path | None =
     """Run one worker until SIGTERM/SIGINT, then stop gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    supervised = os.environ.get("COLLECTOR_SUPERVISED") == "1"
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Under the supervisor, SIGINT (Ctrl-C reaches the whole process group) is the
+    # supervisor's to act on: it sends SIGTERM in the right order.
+    loop.add_signal_handler(signal.SIGINT, (lambda: None) if supervised else stop.set)
     worker = await start_worker(cfg, worker_index)
     addr = worker.server.sockets[0].getsockname() if worker.server else ("?", 0)
     log.info("worker %d (snowflake worker %d) listening on %s:%s", worker_index,
@@ -256,8 +272,9 @@ async def serve_worker(cfg: Config, worker_index: int, ready_file: Path | None =
     await stop.wait()
     log.info("worker %d stopping: finishing in-flight requests", worker_index)
     # A second signal during the graceful stop means: stop now.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _cold_stop)
+    loop.add_signal_handler(signal.SIGTERM, _cold_stop)
+    if not supervised:
+        loop.add_signal_handler(signal.SIGINT, _cold_stop)
     await stop_worker(worker)
     log.info("worker %d stopped; segments sealed", worker_index)
 

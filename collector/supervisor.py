@@ -47,7 +47,7 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_child_setup)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -58,6 +58,22 @@ class Child:
             assert self.proc is not None
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+
+def _child_setup() -> None:
+    """Runs in the child before exec: die with the supervisor (Linux PR_SET_PDEATHSIG).
+
+    If the supervisor is killed outright, its workers get SIGTERM and stop gracefully
+    instead of lingering with the port.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # not Linux: the supervisor's own stop path still covers the normal case
+        pass
 
 
 def _free_port(host: str) -> int:
@@ -82,6 +98,9 @@ class Supervisor:
     def _child_env(self, redis_url: str) -> dict[str, str]:
         cfg = self.cfg
         env = dict(os.environ)
+        # Ctrl-C in a terminal signals the whole process group; a supervised child leaves it to
+        # the supervisor, which stops the children in order with SIGTERM.
+        env["COLLECTOR_SUPERVISED"] = "1"
         env["COLLECTOR_DATA_DIR"] = str(Path(cfg.data_dir).resolve())
         env["COLLECTOR_SERVER_HOST"] = cfg.server.host
         env["COLLECTOR_SERVER_PORT"] = str(self.port)

@@ -41,7 +41,7 @@ import orjson
 
 from collector.clock import Clock, SystemClock
 from collector.config import Config
-from collector.metrics import Metrics, render
+from collector.metrics import Metrics, merge_snapshots, render
 from loader.checkpoint import Checkpoint, Position, StreamKey, stream_name
 from loader.lock import LoaderLock, LockHeld
 from loader.metrics_http import MetricsServer
@@ -400,7 +400,7 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
             srv = server
 
             def publish(status: dict[str, Any]) -> None:
-                srv.publish(render(daemon.metrics.snapshot()))
+                srv.publish(render(merge_snapshots([daemon.metrics.snapshot()])))
 
         daemon.run(stop, status_file=status_path(cfg), on_status=publish)
         return 0

@@ -122,7 +122,7 @@ class Ingest:
         self.metrics.inc("collector_requests_rejected_total", reason=code)
         rejected = self.ctx.rejected
         if rejected is not None:
-            rejected.record(message, body, errors=errors, remote=request.client,
+            rejected.record(f"{code}: {message}", body, errors=errors, remote=request.client,
                             path=request.path)
         payload: dict[str, Any] = {"error": code, "message": message}
         if errors:

@@ -24,8 +24,8 @@ Redis trouble
     are caught here. Pending state is bounded by `redis.max_pending_keys` entries (a hash
     field or a user member is one entry); an event whose counters would exceed the bound is
     dropped as a whole (all granularities, so the granularities stay consistent with each
-    other) and counted in `collector_stats_dropped_total{kind="events"}`; users beyond the bound
-    in `{kind="users"}`. An incident is logged when it starts and when it ends, never per tick.
+    other) and counted in `collector_stats_dropped_total{unit="events"}`; users beyond the bound
+    in `{unit="users"}`. An incident is logged when it starts and when it ends, never per tick.
     Pending counts of a bucket whose retention has passed are discarded silently: the bucket
     would have expired anyway.
 
@@ -116,7 +116,7 @@ class StatsCounters:
         m.describe("collector_redis_errors_total", "counter",
                    "Failed Redis stats flushes and failed commands inside them")
         m.describe("collector_stats_dropped_total", "counter",
-                   "Stats dropped because the pending bound was reached (kind: events, users)")
+                   "Stats dropped because the pending bound was reached (unit: events, users)")
         m.describe("collector_stats_flushes_total", "counter",
                    "Stats flush pipelines sent to Redis, by result")
         m.describe("collector_stats_pending_keys", "gauge",
@@ -393,9 +393,9 @@ class StatsCounters:
 
     def _dropped(self, events: int, users: int) -> None:
         if events:
-            self._metrics.inc("collector_stats_dropped_total", events, kind="events")
+            self._metrics.inc("collector_stats_dropped_total", events, unit="events")
         if users:
-            self._metrics.inc("collector_stats_dropped_total", users, kind="users")
+            self._metrics.inc("collector_stats_dropped_total", users, unit="users")
         self._dropped_in_incident += events
         if not self._dropping:
             self._dropping = True

@@ -314,7 +314,7 @@ class SegmentWriter:
                 self.segments_rolled += 1
             _resolve(waiters)
         if error is None:
-            if False:
+            if self._to_seal or self._unsynced:
                 self._start_commit()  # these gathered while the fsync ran: no extra delay
             return
         self._storage_failed(error)

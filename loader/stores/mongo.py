@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from bson.int64 import Int64
-from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError
 
 from loader.aggregate import DAY_SECONDS, day_bounds, day_number, rollup_rows
@@ -139,16 +139,13 @@ class MongoStore:
             self._write_daily(groups, "$set")
 
     def _write_daily(self, groups: Any, op: str) -> None:
-        updates = [
-            UpdateOne({"_id": g["_id"]},
-                      {op: {"total": g["total"]},
-                       "$setOnInsert": {"day": g["_id"]["day"],
-                                        "event_type": g["_id"]["event_type"]}},
-                      upsert=True)
-            for g in groups
-        ]
-        if updates:
-            self._daily.bulk_write(updates, ordered=False)
+        # One update per (day, type): a batch touches a handful, so a bulk write buys little.
+        for g in groups:
+            self._daily.update_one(
+                {"_id": g["_id"]},
+                {op: {"total": g["total"]},
+                 "$setOnInsert": {"day": g["_id"]["day"], "event_type": g["_id"]["event_type"]}},
+                upsert=True)
 
     # -- reading -----------------------------------------------------------------------------
     def query_events(self, *, page: int, limit: int, start: float | None, end: float | None,

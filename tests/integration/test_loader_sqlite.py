@@ -1,0 +1,371 @@
+"""The loader daemon into a real SQLite file, and the query API handlers over it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.config import Config
+from collector.context import AppContext
+from collector.http.message import Request
+from collector.http.query_routes import routes
+from collector.metrics import Metrics
+from loader.checkpoint import Checkpoint, Position
+from loader.daemon import EXIT_LOCKED, LoaderDaemon, checkpoint_path, main
+from loader.lock import LoaderLock, LockHeld
+from loader.status import fill_metrics, read_status
+from loader.stores.sqlite import SQLiteStore
+from tests.fakes import FakeClock
+from tests.fixtures.store import StreamWriter, event_line, loader_config, seal
+
+
+def daemon_for(cfg: Config, clock: FakeClock) -> tuple[LoaderDaemon, SQLiteStore]:
+    store = SQLiteStore(cfg.sqlite_file)
+    return LoaderDaemon(cfg, store, clock), store
+
+
+def all_ids(store: SQLiteStore) -> list[str]:
+    total, events = store.query_events(page=1, limit=1000, start=None, end=None,
+                                       event_types=None)
+    assert total == len(events)
+    return sorted(e["id"] for e in events)
+
+
+def test_loads_in_batches_and_checkpoints_after_commit(data_dir: Path, stream: StreamWriter,
+                                                        loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, batch_size=7)
+    events = stream.events(30)
+    stream.write(events[:20])
+    stream.write(events[20:], sealed=False)
+    daemon, store = daemon_for(cfg, loader_clock)
+    assert daemon.run_once() == 30
+    assert all_ids(store) == sorted(e["id"] for e in events)
+    assert daemon.counts["batches"] == 5  # 7 + 7 + 7 + 7 + 2
+    saved = Checkpoint(checkpoint_path(cfg)).load()
+    assert saved == daemon.positions
+    assert saved[(0, 0)].segment == int(events[20]["id"])
+    store.close()
+
+
+def test_restart_resumes_from_the_checkpoint(data_dir: Path, stream: StreamWriter,
+                                             loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir)
+    stream.write(stream.events(10))
+    daemon, store = daemon_for(cfg, loader_clock)
+    daemon.run_once()
+    store.close()
+    more = stream.events(5)
+    stream.write(more)
+    again, store = daemon_for(cfg, loader_clock)
+    assert again.run_once() == 5  # only the new segment was read
+    assert again.counts["events_inserted"] == 5
+    assert store.count() == 15
+    store.close()
+
+
+def test_replay_from_a_stale_checkpoint_inserts_nothing_twice(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir)
+    stream.write(stream.events(25))
+    daemon, store = daemon_for(cfg, loader_clock)
+    daemon.run_once()
+    checkpoint_path(cfg).unlink()  # a crash between the commit and the checkpoint, at worst
+    replay = LoaderDaemon(cfg, store, loader_clock)
+    assert replay.run_once() == 25
+    assert replay.counts["events_inserted"] == 0
+    assert store.count() == 25
+    assert store.daily_stats(None, None, None)[0][2] + sum(
+        n for _, _, n in store.daily_stats(None, None, None)[1:]) == 25
+    store.close()
+
+
+def test_picks_up_new_lines_and_segments_while_running(data_dir: Path,
+                                                       stream: StreamWriter) -> None:
+    cfg = loader_config(data_dir, poll_interval=0.01)
+    store = SQLiteStore(cfg.sqlite_file)
+    daemon = LoaderDaemon(cfg, store, FakeClock())
+    first = stream.events(3)
+    path = stream.write(first, sealed=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: daemon.counts["events_loaded"] == 3)
+        second = stream.events(2)
+        with open(path, "ab") as f:
+            f.write(b"".join(event_line(e) for e in second))
+        wait_for(lambda: daemon.counts["events_loaded"] == 5)
+        seal(path)
+        third = stream.events(4)
+        stream.write(third)
+        daemon.tailer._refresh_interval = 0  # the fake clock does not move: list every pass
+        wait_for(lambda: daemon.counts["events_loaded"] == 9)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert all_ids(store) == sorted(e["id"] for e in first + second + third)
+    store.close()
+
+
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_bad_lines_are_counted_and_skipped(data_dir: Path, stream: StreamWriter,
+                                           loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir)
+    good = stream.events(2)
+    path = stream.directory / f"{int(good[0]['id']):020d}.ndjson"
+    path.write_bytes(event_line(good[0]) + b"\x00\x00garbage\n" + event_line(good[1]))
+    daemon, store = daemon_for(cfg, loader_clock)
+    assert daemon.run_once() == 2
+    assert daemon.counts["bad_lines"] == 1
+    assert all_ids(store) == sorted(e["id"] for e in good)
+    store.close()
+
+
+def test_store_failure_keeps_the_position_and_retries(data_dir: Path, stream: StreamWriter,
+                                                      loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir)
+    events = stream.events(5)
+    stream.write(events)
+    daemon, store = daemon_for(cfg, loader_clock)
+    real = store.insert_batch
+
+    def failing(batch: list[dict[str, Any]]) -> int:
+        raise OSError("disk full")
+
+    store.insert_batch = failing  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        daemon.run_once()
+    assert daemon.positions == {} and not checkpoint_path(cfg).exists()
+    store.insert_batch = real  # type: ignore[method-assign]
+    assert daemon.run_once() == 5
+    assert store.count() == 5
+    store.close()
+
+
+# -- retention ---------------------------------------------------------------------------------
+def age(path: Path, seconds: float, now: float) -> None:
+    os.utime(path, (now - seconds, now - seconds))
+
+
+def test_retention_deletes_only_old_fully_loaded_sealed_segments(
+        data_dir: Path, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, retention_days=1.0, batch_size=4)
+    now = loader_clock.time()
+    w = StreamWriter(data_dir / "segments")
+    loaded_old = w.write(w.events(3))
+    loaded_young = w.write(w.events(3))
+    partly = w.write(w.events(6))
+    open_old = w.write(w.events(2), sealed=False)
+    other = StreamWriter(data_dir / "segments", worker=5)
+    never_loaded = other.write(other.events(2))
+    for p in (loaded_old, partly, open_old, never_loaded):
+        age(p, 3 * 86_400, now)
+    age(loaded_young, 3_600, now)
+    daemon, store = daemon_for(cfg, loader_clock)
+    # Committed: stream 0-0 up to the middle of `partly`; nothing of stream 0-5.
+    daemon.positions = {(0, 0): Position(int(partly.name[:20]), 10)}
+    assert daemon.apply_retention() == 1
+    assert not loaded_old.exists()
+    assert loaded_young.exists() and partly.exists() and open_old.exists()
+    assert never_loaded.exists()
+    store.close()
+
+
+def test_retention_deletes_a_fully_read_last_segment(data_dir: Path, stream: StreamWriter,
+                                                     loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, retention_days=0.5)
+    path = stream.write(stream.events(3))
+    age(path, 86_400, loader_clock.time())
+    daemon, store = daemon_for(cfg, loader_clock)
+    daemon.run_once()  # the pass applies retention after loading
+    assert not path.exists()
+    assert daemon.counts["segments_deleted"] == 1 and store.count() == 3
+    store.close()
+
+
+# -- one loader per data directory -------------------------------------------------------------
+def test_second_loader_exits_while_the_first_holds_the_lock(
+        data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = loader_config(data_dir)
+    lock = LoaderLock(cfg.run_path / "loader.lock")
+    lock.acquire()
+    try:
+        assert main(cfg) == EXIT_LOCKED
+        assert f"pid {os.getpid()}" in capsys.readouterr().err
+        with pytest.raises(LockHeld):
+            LoaderLock(cfg.run_path / "loader.lock").acquire()
+    finally:
+        lock.release()
+    other = LoaderLock(cfg.run_path / "loader.lock")
+    other.acquire()  # released: free again
+    other.release()
+
+
+# -- status and metrics ------------------------------------------------------------------------
+def test_status_file_reports_positions_lag_and_counts(data_dir: Path, stream: StreamWriter,
+                                                      loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, batch_size=4)
+    stream.write(stream.events(6))
+    daemon, store = daemon_for(cfg, loader_clock)
+    batch = daemon.tailer.read({}, 4)
+    daemon._load(batch.lines, batch.positions, batch.streams)
+    stop = threading.Event()
+    stop.set()
+    daemon.run(stop, status_file=cfg.run_path / "loader.json")
+    status = read_status(cfg)
+    assert status is not None
+    assert status["events_loaded"] == 4 and status["batches"] == 1
+    assert status["lag_bytes"] > 0 and status["lag_events"] >= 1
+    assert status["streams"]["0-0"]["offset"] == daemon.positions[(0, 0)].offset
+    metrics = Metrics()
+    fill_metrics(metrics, status, loader_clock.time())
+    assert metrics.get("loader_up") == 1
+    assert metrics.get("loader_events_loaded_total") == 4
+    assert metrics.get("loader_lag_bytes") == status["lag_bytes"]
+    fill_metrics(metrics, status, loader_clock.time() + 60)
+    assert metrics.get("loader_up") == 0
+    store.close()
+
+
+def test_main_serves_metrics_and_stops_on_sigterm(data_dir: Path, stream: StreamWriter) -> None:
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stream.write(stream.events(5))
+    cfg = loader_config(data_dir, poll_interval=0.01)
+    result: list[int] = []
+    # Signal handlers need the main thread: run main() here and probe from a helper thread.
+    text: list[str] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        try:
+            wait_for(lambda: (read_status(cfg) or {}).get("events_loaded") == 5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read()
+                text.append(body.decode())
+                if "loader_events_loaded_total 5" in text[-1]:
+                    break
+                time.sleep(0.05)
+        finally:
+            if not done.is_set():  # never signal pytest itself once main() has returned
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=probe)
+    helper.start()
+    try:
+        result.append(main(cfg, metrics_port=port))
+    finally:
+        done.set()
+        helper.join()
+    assert result == [0]
+    assert "loader_events_loaded_total 5" in text[-1]
+    assert SQLiteStore(cfg.sqlite_file, readonly=True).count() == 5
+
+
+# -- the query API handlers --------------------------------------------------------------------
+TOKEN = "s3cret"
+
+
+def request(method: str, path: str, body: bytes = b"", *, query: str = "",
+            token: str | None = TOKEN, ctype: str = "application/json") -> Request:
+    headers = [(b"content-type", ctype.encode())]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return Request(method, path, query, tuple(headers), body)
+
+
+@pytest.fixture
+def api(data_dir: Path, stream: StreamWriter) -> Any:
+    cfg = loader_config(data_dir)
+    events = stream.events(30, types=("signup", "click", "view"))
+    for i, e in enumerate(events):
+        e["ts"] = 1_700_000_000 + i * 100
+    stream.write(events)
+    writer = SQLiteStore(cfg.sqlite_file)
+    LoaderDaemon(cfg, writer, FakeClock()).run_once()
+    writer.close()
+    ctx = AppContext(config=cfg, clock=FakeClock(), loop=asyncio.get_event_loop_policy()
+                     .get_event_loop() if False else None, metrics=Metrics(),  # type: ignore
+                     read_token=TOKEN)
+    handlers = {(r.method, r.path): r.handler for r in routes(ctx)}
+    yield handlers, events
+    ctx.store.close()
+
+
+async def call(api: Any, req: Request) -> tuple[int, dict[str, Any]]:
+    handlers, _ = api
+    resp = await handlers[(req.method, req.path)](req)
+    return resp.status, orjson.loads(resp.body)
+
+
+async def test_get_events_pages_newest_first(api: Any) -> None:
+    _, events = api
+    status, body = await call(api, request("GET", "/api/events", query="page=2&limit=10"))
+    assert status == 200
+    assert (body["page"], body["limit"], body["total"]) == (2, 10, 30)
+    assert [e["id"] for e in body["events"]] == [e["id"] for e in reversed(events)][10:20]
+
+
+async def test_reads_need_the_token(api: Any) -> None:
+    status, body = await call(api, request("GET", "/api/events", token=None))
+    assert status == 401 and "read_token" in body["message"]
+    status, _ = await call(api, request("POST", "/api/events/query", b"{}", token="wrong"))
+    assert status == 403
+
+
+async def test_query_json_body_filters_by_range_and_types(api: Any) -> None:
+    _, events = api
+    body = orjson.dumps({"startDate": 1_700_000_100, "endDate": "1700001000",
+                         "eventType": ["signup", "view"], "limit": 3})
+    status, out = await call(api, request("POST", "/api/events/query", body))
+    expected = [e for e in reversed(events)
+                if 1_700_000_100 <= e["ts"] <= 1_700_001_000
+                and e["event_type"] in ("signup", "view")]
+    assert status == 200 and out["total"] == len(expected)
+    assert [e["id"] for e in out["events"]] == [e["id"] for e in expected[:3]]
+
+
+async def test_query_form_body_with_repeated_types_and_empty_dates(api: Any) -> None:
+    _, events = api
+    form = b"eventType=click&eventType%5B%5D=view&startDate=&endDate=&page=1"
+    status, out = await call(api, request("POST", "/api/events/query", form,
+                                          ctype="application/x-www-form-urlencoded"))
+    assert status == 200
+    assert out["total"] == sum(e["event_type"] in ("click", "view") for e in events)
+
+
+async def test_limit_is_capped_and_bad_values_get_400(api: Any) -> None:
+    status, out = await call(api, request("GET", "/api/events", query="limit=5000"))
+    assert status == 200 and out["limit"] == 1000 and len(out["events"]) == 30
+    for body, words in [(b'{"page": 0}', "page starts at 1"), (b'{"limit": "x"}', "limit"),
+                        (b'{"startDate": "yesterday"}', "UNIX seconds"),
+                        (b'{"startDate": 1700000000000}', "milliseconds"),
+                        (b'{"startDate": 20, "endDate": 10}', "after endDate"),
+                        (b'{"eventType": 5}', "eventType"), (b'{"event_type": "a"}', "unknown"),
+                        (b"[1]", "JSON object"), (b"{", "not valid JSON")]:
+        status, out = await call(api, request("POST", "/api/events/query", body))
+        assert status == 400 and out["error"] == "bad_query", body
+        assert words in out["message"], (body, out["message"])
+    status, _ = await call(api, request("GET", "/api/events", query="page=-1"))
+    assert status == 400

@@ -1,0 +1,591 @@
+"""HTTP/1.1 behaviour of the real collector process, over raw sockets (SPEC §3, issue 2 item 2).
+
+Every test talks to `python -m collector serve` on a free port with exact bytes, so what is
+checked is what a client on the network sees: framing, ordering, limits, timeouts, the
+connection cap and backpressure. Three servers are shared by the module: one with the
+defaults, one with 1 s timeouts, one capped at 5 connections.
+
+Timeouts passed to the raw client are hang guards: they bound how long a test waits for
+something that must happen, they are never the thing being measured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import select
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fixtures.rawhttp import (
+    RawConnection,
+    chunked,
+    module_server,
+    rawconn,  # noqa: F401 (fixture)
+    request_bytes,
+    rss_kib,
+    segment_events,
+    worker_pids,
+)
+from tests.fixtures.server import ServerProcess
+
+Connect = Callable[..., RawConnection]
+MIB = 1024 * 1024
+
+_marks = itertools.count()
+
+
+def marker(prefix: str = "m") -> str:
+    """A unique event_id, to find an event in the segments (or prove it is not there)."""
+    return f"{prefix}-{time.monotonic_ns()}-{next(_marks)}"
+
+
+def post_events(body: bytes, headers: dict[str, str] | None = None, **kw: Any) -> bytes:
+    return request_bytes("POST", "/api/events", body,
+                         {"Content-Type": "application/json", **(headers or {})}, **kw)
+
+
+def event(mark: str, event_type: str = "t") -> bytes:
+    return orjson.dumps({"event_type": event_type, "event_id": mark})
+
+
+def stored(server: ServerProcess, *marks: str) -> dict[str, int]:
+    """How many times each marker's event is in the segments."""
+    counts = dict.fromkeys(marks, 0)
+    for line in segment_events(server.data_dir):
+        if line.get("event_id") in counts:
+            counts[line["event_id"]] += 1
+    return counts
+
+
+def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    assert resp.status == status, (resp.status, resp.body)
+    assert resp.header("content-type") == "application/json"
+    body = resp.json()
+    assert body["error"] == code, body
+    assert body["message"], body
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with module_server(tmp_path_factory, "http") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {
+        "COLLECTOR_SERVER_HEADER_TIMEOUT": "1",
+        "COLLECTOR_SERVER_KEEPALIVE_TIMEOUT": "1",
+        "COLLECTOR_SERVER_BODY_TIMEOUT": "1",
+    }
+    with module_server(tmp_path_factory, "timeouts", env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def capped_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with module_server(tmp_path_factory, "capped",
+                       {"COLLECTOR_SERVER_MAX_CONNECTIONS": "5"}) as server:
+        yield server
+
+
+# --- keep-alive and pipelining ------------------------------------------------------------------
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(srv: ServerProcess,
+                                                           rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    ids: list[str] = []
+    for i in range(50):
+        resp = conn.exchange(post_events(event(marker(), f"ka{i}")))
+        assert resp.status == 202, resp.body
+        assert resp.header("connection") is None  # HTTP/1.1: open unless it says close
+        ids.extend(resp.json()["ids"])
+    assert len(set(ids)) == 50
+    assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+
+
+def test_pipelined_requests_are_answered_in_order(srv: ServerProcess, rawconn: Connect) -> None:
+    # 20 requests in one write: POSTs interleaved with GETs that answer differently, so an
+    # answer out of order shows up as a wrong status at that position.
+    kinds = ["post", "health", "post", "missing"] * 5
+    marks: list[str] = []
+    data = b""
+    for kind in kinds:
+        if kind == "post":
+            marks.append(marker("pipe"))
+            data += post_events(event(marks[-1]))
+        elif kind == "health":
+            data += request_bytes("GET", "/healthz")
+        else:
+            data += request_bytes("GET", f"/nope-{len(marks)}")
+    conn = rawconn(srv.port)
+    conn.send(data)
+    responses = conn.read_responses(len(kinds))
+    expected = {"post": 202, "health": 200, "missing": 404}
+    assert [r.status for r in responses] == [expected[k] for k in kinds]
+    ids = [int(r.json()["ids"][0]) for r, k in zip(responses, kinds, strict=True) if k == "post"]
+    assert len(set(ids)) == len(ids) == 10
+    assert ids == sorted(ids), "ids are minted in request order, so responses must follow it"
+    # The 404 messages name the path of their own request.
+    missing = [r.json()["message"] for r, k in zip(responses, kinds, strict=True)
+               if k == "missing"]
+    assert all(f"/nope-{2 * (i + 1) - 1}" in m or f"/nope-{2 * i + 2}" in m
+               for i, m in enumerate(missing)), missing
+    assert stored(srv, *marks) == dict.fromkeys(marks, 1)
+
+
+def test_twenty_pipelined_posts_in_one_send_get_distinct_ids(srv: ServerProcess,
+                                                            rawconn: Connect) -> None:
+    marks = [marker("p20") for _ in range(20)]
+    conn = rawconn(srv.port)
+    conn.send(b"".join(post_events(event(m)) for m in marks))
+    responses = conn.read_responses(20)
+    assert [r.status for r in responses] == [202] * 20
+    ids = [r.json()["ids"][0] for r in responses]
+    assert len(set(ids)) == 20
+    # Response i carries the id of request i's event.
+    by_mark = {line["event_id"]: line["id"] for line in segment_events(srv.data_dir)
+               if line.get("event_id") in set(marks)}
+    assert [by_mark[m] for m in marks] == ids
+
+
+def test_request_split_into_one_byte_writes(srv: ServerProcess, rawconn: Connect) -> None:
+    mark = marker("split")
+    conn = rawconn(srv.port)
+    conn.send_pieces(post_events(event(mark)), 1, pause=0.001)
+    resp = conn.read_response()
+    assert resp.status == 202, resp.body
+    assert stored(srv, mark) == {mark: 1}
+
+
+def test_http10_without_keep_alive_closes(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("GET", "/healthz", version="HTTP/1.0", host=None))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.closes
+    assert conn.wait_closed()
+
+
+def test_http10_with_keep_alive_stays_open(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    req = request_bytes("GET", "/healthz", headers={"Connection": "keep-alive"},
+                        version="HTTP/1.0", host=None)
+    for _ in range(3):
+        resp = conn.exchange(req)
+        assert resp.status == 200
+        assert resp.header("connection") == "keep-alive"
+    # and a 1.0 POST with a Content-Length body on the same connection
+    mark = marker("h10")
+    resp = conn.exchange(post_events(event(mark), {"Connection": "keep-alive"},
+                                     version="HTTP/1.0", host=None))
+    assert resp.status == 202
+    assert resp.header("connection") == "keep-alive"
+    assert stored(srv, mark) == {mark: 1}
+
+
+def test_connection_close_from_an_http11_client(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("GET", "/healthz", headers={"Connection": "close"})
+              + request_bytes("GET", "/healthz"))
+    resp = conn.read_response()
+    assert resp.status == 200 and resp.closes
+    assert conn.wait_closed(), "the request after Connection: close must not be answered"
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def test_chunked_request_body(srv: ServerProcess, rawconn: Connect) -> None:
+    marks = [marker("chunk") for _ in range(5)]
+    body = orjson.dumps([{"event_type": "c", "event_id": m, "params": {"i": i}}
+                         for i, m in enumerate(marks)])
+    conn = rawconn(srv.port)
+    data = request_bytes("POST", "/api/events", headers={"Transfer-Encoding": "chunked"})
+    data += chunked(body, 7)
+    conn.send_pieces(data, 13)
+    resp = conn.read_response()
+    assert resp.status == 202, resp.body
+    assert resp.json()["accepted"] == 5
+    assert stored(srv, *marks) == dict.fromkeys(marks, 1)
+    # The connection stays usable: the chunked framing ended exactly at the last-chunk.
+    assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+
+
+def test_chunked_body_with_extensions_and_trailers(srv: ServerProcess, rawconn: Connect) -> None:
+    mark = marker("trailer")
+    body = event(mark)
+    data = request_bytes("POST", "/api/events", headers={"Transfer-Encoding": "chunked"})
+    data += b"%x;name=value\r\n" % len(body) + body + b"\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    conn = rawconn(srv.port)
+    resp = conn.exchange(data)
+    assert resp.status == 202, resp.body
+    assert stored(srv, mark) == {mark: 1}
+
+
+def test_expect_100_continue_gets_100_before_the_body(srv: ServerProcess,
+                                                      rawconn: Connect) -> None:
+    mark = marker("expect")
+    body = orjson.dumps({"event_type": "big", "event_id": mark, "params": {"pad": "x" * 2000}})
+    head = request_bytes("POST", "/api/events",
+                         headers={"Content-Length": str(len(body)), "Expect": "100-continue"})
+    conn = rawconn(srv.port)
+    conn.send(head)
+    interim = conn.read_response()
+    assert interim.status == 100
+    assert interim.raw_head == b"HTTP/1.1 100 Continue"
+    conn.send(body)
+    final = conn.read_response()
+    assert final.status == 202, final.body
+    assert stored(srv, mark) == {mark: 1}
+
+
+def test_expect_100_continue_rejected_early_gets_no_100(srv: ServerProcess,
+                                                        rawconn: Connect) -> None:
+    head = request_bytes("POST", "/api/events",
+                         headers={"Content-Length": str(2 * MIB), "Expect": "100-continue"})
+    conn = rawconn(srv.port)
+    conn.send(head)
+    resp = conn.read_response()
+    assert_error(resp, 413, "body_too_large")
+    assert resp.closes
+    assert conn.wait_closed()
+
+
+def test_expect_100_continue_with_the_body_already_sent(srv: ServerProcess,
+                                                        rawconn: Connect) -> None:
+    # A client that does not wait for 100 (allowed, RFC 9110 §10.1.1): the final response
+    # must still come, and no 100 is needed since the body was already there.
+    mark = marker("expect-eager")
+    body = event(mark)
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("POST", "/api/events", body, {"Expect": "100-continue"}))
+    resp = conn.read_response()
+    if resp.status == 100:  # a 100 is allowed here too; the final answer must follow
+        resp = conn.read_response()
+    assert resp.status == 202
+    assert stored(srv, mark) == {mark: 1}
+
+
+def test_post_without_length_is_411(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    resp = conn.exchange(request_bytes("POST", "/api/events"))
+    assert_error(resp, 411, "length_required")
+
+
+# --- HEAD, 404, 405 -----------------------------------------------------------------------------
+
+
+def test_head_sends_headers_with_content_length_and_no_body(srv: ServerProcess,
+                                                            rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    get = conn.exchange(request_bytes("GET", "/help"))
+    # HEAD and a GET pipelined behind it: if HEAD's response carried a body, those bytes
+    # would be read as the next status line and fail to parse.
+    conn.send(request_bytes("HEAD", "/help") + request_bytes("GET", "/healthz"))
+    head = conn.read_response(head=True)
+    after = conn.read_response()
+    assert head.status == 200
+    assert head.header("content-length") == str(len(get.body))
+    assert head.header("content-type") == get.header("content-type")
+    assert head.header("access-control-allow-origin") == "*"
+    assert after.status == 200 and after.json()["status"] == "ok"
+
+
+def test_unknown_path_is_404(srv: ServerProcess, rawconn: Connect) -> None:
+    resp = rawconn(srv.port).exchange(request_bytes("GET", "/no/such/thing"))
+    body = assert_error(resp, 404, "not_found")
+    assert "/no/such/thing" in body["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/api/events", {"GET", "HEAD", "POST", "OPTIONS"}),
+    ("POST", "/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ("PUT", "/help", {"GET", "HEAD", "OPTIONS"}),
+])
+def test_wrong_method_is_405_with_allow(srv: ServerProcess, rawconn: Connect, method: str,
+                                        path: str, allowed: set[str]) -> None:
+    body = b"{}" if method in ("POST", "PUT") else None
+    resp = rawconn(srv.port).exchange(request_bytes(method, path, body))
+    assert_error(resp, 405, "method_not_allowed")
+    allow = resp.header("allow")
+    assert allow is not None
+    assert {m.strip() for m in allow.split(",")} == allowed
+
+
+# --- smuggling defences and malformed requests --------------------------------------------------
+
+
+def test_content_length_and_transfer_encoding_is_400_and_close(srv: ServerProcess,
+                                                               rawconn: Connect) -> None:
+    smuggled = request_bytes("GET", "/smuggled")
+    body = b"0\r\n\r\n" + smuggled
+    data = request_bytes("POST", "/api/events", body,
+                         [("Content-Length", str(len(body))), ("Transfer-Encoding", "chunked")])
+    conn = rawconn(srv.port)
+    conn.send(data)
+    resp = conn.read_response()
+    assert_error(resp, 400, "conflicting_framing")
+    assert resp.closes
+    assert conn.wait_closed(), "nothing after the ambiguous request may be answered"
+
+
+def test_two_different_content_lengths_is_400_and_close(srv: ServerProcess,
+                                                        rawconn: Connect) -> None:
+    body = b'{"event_type":"a"}'
+    data = request_bytes("POST", "/api/events", body,
+                         [("Content-Length", str(len(body))), ("Content-Length", "5")])
+    conn = rawconn(srv.port)
+    conn.send(data)
+    resp = conn.read_response()
+    assert_error(resp, 400, "invalid_content_length")
+    assert resp.closes
+    assert conn.wait_closed()
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),  # bare LF
+    (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # no Host in 1.1
+    (b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # double space
+    (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", 400),
+    (b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /api/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+])
+def test_malformed_requests_get_their_status_and_close(srv: ServerProcess, rawconn: Connect,
+                                                       data: bytes, status: int) -> None:
+    conn = rawconn(srv.port)
+    conn.send(data)
+    resp = conn.read_response()
+    assert resp.status == status, resp.body
+    assert resp.json()["message"]
+    assert resp.closes
+    assert conn.wait_closed()
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_request_line_over_the_limit_is_414(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("GET", "/help?" + "a" * 9000))
+    resp = conn.read_response()
+    assert_error(resp, 414, "uri_too_long")
+    assert resp.closes and conn.wait_closed()
+
+
+def test_header_block_over_the_limit_is_431(srv: ServerProcess, rawconn: Connect) -> None:
+    headers = [(f"X-Filler-{i}", "v" * 200) for i in range(90)]  # ~19 KiB
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("GET", "/healthz", headers=headers))
+    resp = conn.read_response()
+    assert_error(resp, 431, "headers_too_large")
+    assert resp.closes and conn.wait_closed()
+
+
+def test_body_over_the_limit_is_413_by_content_length(srv: ServerProcess,
+                                                      rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    # Only the head: the server must answer from the Content-Length, without the body.
+    conn.send(request_bytes("POST", "/api/events", headers={"Content-Length": str(MIB + 1)}))
+    resp = conn.read_response()
+    assert_error(resp, 413, "body_too_large")
+    assert resp.closes and conn.wait_closed()
+
+
+def test_chunked_body_over_the_limit_is_413(srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("POST", "/api/events", headers={"Transfer-Encoding": "chunked"}))
+    piece = b"x" * (256 * 1024)
+    with pytest.raises(OSError):  # noqa: PT012 - the server closes mid-upload
+        for _ in range(8):  # 2 MiB in 256 KiB chunks
+            conn.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        # If every send got through, the response must still be the 413.
+        raise_if_not_413(conn)
+    assert_error(conn.read_response(), 413, "body_too_large")
+
+
+def raise_if_not_413(conn: RawConnection) -> None:
+    resp = conn.read_response()
+    assert resp.status == 413, resp.body
+    conn.buffer[:0] = resp.raw_head + b"\r\n\r\n" + resp.body  # put it back for the caller
+    raise OSError("all sends went through; the 413 is in the buffer")
+
+
+def test_gzip_bomb_is_413_without_the_server_blowing_up(srv: ServerProcess,
+                                                        rawconn: Connect) -> None:
+    # 256 MiB of zeros compress to ~250 KiB: under the wire limit, far over the decoded one.
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MIB)
+    bomb = b"".join(comp.compress(zeros) for _ in range(256)) + comp.flush()
+    assert len(bomb) < MIB
+    (pid,) = worker_pids(srv)
+    before = rss_kib(pid)
+    conn = rawconn(srv.port)
+    resp = conn.exchange(post_events(bomb, {"Content-Encoding": "gzip"}))
+    assert_error(resp, 413, "body_too_large")
+    grown = rss_kib(pid) - before
+    assert grown < 64 * 1024, f"worker RSS grew by {grown} KiB decoding a gzip bomb"
+    # The connection and the server are fine afterwards.
+    assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+
+
+def test_gzip_body_just_over_the_decoded_limit_is_413(srv: ServerProcess,
+                                                      rawconn: Connect) -> None:
+    events = [{"event_type": "pad", "params": {"p": "y" * 1000}}] * 1100
+    raw = orjson.dumps(events)
+    assert len(raw) > MIB
+    resp = rawconn(srv.port).exchange(post_events(gzip.compress(raw),
+                                                  {"Content-Encoding": "gzip"}))
+    assert_error(resp, 413, "body_too_large")
+
+
+def test_unsupported_content_encoding_is_415(srv: ServerProcess, rawconn: Connect) -> None:
+    resp = rawconn(srv.port).exchange(post_events(b"\x00\x01", {"Content-Encoding": "br"}))
+    body = assert_error(resp, 415, "unsupported_encoding")
+    assert "br" in body["message"]
+
+
+# --- timeouts -----------------------------------------------------------------------------------
+
+
+def test_slowloris_head_gets_408_while_others_are_served(slow_srv: ServerProcess,
+                                                         rawconn: Connect) -> None:
+    slow = rawconn(slow_srv.port)
+    slow.send(b"POST /api/events HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    guard = time.monotonic() + 8.0  # eight times the 1 s header timeout
+    served = 0
+    while time.monotonic() < guard:
+        ready, _, _ = select.select([slow.sock], [], [], 0.25)
+        if ready:
+            break
+        try:
+            slow.send(b"a")  # a byte at a time: must not re-arm the header timer
+        except OSError:
+            break
+        status, _, _ = slow_srv.request("GET", "/healthz", timeout=5)
+        assert status == 200
+        served += 1
+    else:
+        pytest.fail("a head trickled a byte at a time was never timed out")
+    assert served >= 1, "other clients were served while the slow head was pending"
+    resp = slow.read_response()
+    assert_error(resp, 408, "request_timeout")
+    assert resp.closes and slow.wait_closed()
+
+
+def test_stalled_body_gets_408(slow_srv: ServerProcess, rawconn: Connect) -> None:
+    mark = marker("stall")
+    body = event(mark)
+    conn = rawconn(slow_srv.port)
+    conn.send(request_bytes("POST", "/api/events",
+                            headers={"Content-Length": str(len(body))}) + body[:5])
+    resp = conn.read_response(timeout=8.0)
+    assert_error(resp, 408, "request_timeout")
+    assert resp.closes and conn.wait_closed()
+    assert stored(slow_srv, mark) == {mark: 0}
+
+
+def test_idle_keep_alive_connection_is_closed(slow_srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(slow_srv.port)
+    assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+    assert conn.wait_closed(timeout=8.0), "idle connection still open long after 1 s timeout"
+
+
+def test_connection_that_never_sends_is_closed(slow_srv: ServerProcess, rawconn: Connect) -> None:
+    conn = rawconn(slow_srv.port)
+    assert conn.wait_closed(timeout=8.0)
+
+
+# --- connection cap -----------------------------------------------------------------------------
+
+
+def test_connection_cap_answers_503_and_closes(capped_srv: ServerProcess,
+                                               rawconn: Connect) -> None:
+    held = [rawconn(capped_srv.port) for _ in range(5)]
+    for conn in held:  # each one is registered by the server once it has answered
+        assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+    extra = rawconn(capped_srv.port)
+    resp = extra.read_response()
+    assert_error(resp, 503, "too_many_connections")
+    assert resp.closes
+    assert resp.header("retry-after") is not None
+    assert extra.wait_closed()
+    for conn in held:  # the five are still served
+        assert conn.exchange(request_bytes("GET", "/healthz")).status == 200
+    # Once one closes, a new client gets in (the server notices the close asynchronously).
+    held.pop().close()
+    guard = time.monotonic() + 5.0
+    while True:
+        conn = rawconn(capped_srv.port)
+        conn.send(request_bytes("GET", "/healthz"))
+        resp = conn.read_response()
+        if resp.status == 200:
+            break
+        assert resp.status == 503
+        assert time.monotonic() < guard, "a freed connection slot was never reused"
+        time.sleep(0.05)
+
+
+# --- backpressure -------------------------------------------------------------------------------
+
+
+def test_client_that_never_reads_does_not_grow_server_memory(srv: ServerProcess,
+                                                             rawconn: Connect) -> None:
+    """Pipeline requests without reading a single response.
+
+    The responses (bigger than the requests) have nowhere to go but the server's buffers. A
+    server that stops reading once its write buffer is full stalls the client's send after
+    the kernel buffers fill; one that kept reading would buffer every response.
+    """
+    req = request_bytes("GET", "/help", headers={"X-Pad": "p" * 200})
+    budget = 64 * MIB  # what we are prepared to send; a healthy server stops us far earlier
+    (pid,) = worker_pids(srv)
+    before = rss_kib(pid)
+    conn = rawconn(srv.port)
+    sock = conn.sock
+    sock.setblocking(False)
+    payload = req * 256
+    sent = 0
+    stalled = False
+    while sent < budget:
+        _, writable, _ = select.select([], [sock], [], 2.0)
+        if not writable:
+            stalled = True  # the server stopped reading us
+            break
+        try:
+            sent += sock.send(payload[sent % len(payload):])
+        except BlockingIOError:
+            continue
+    grown = rss_kib(pid) - before
+    assert stalled, f"the server read all {sent} bytes of a client that never reads"
+    assert grown < 48 * 1024, f"worker RSS grew by {grown} KiB for one non-reading client"
+    # Nothing was lost: reading now lets the server go on, in order.
+    sock.setblocking(True)
+    complete = sent // len(req)
+    n = min(complete, 200)
+    responses = conn.read_responses(n, timeout=30.0)
+    assert all(r.status == 200 for r in responses)
+    # And the server still serves everybody else.
+    status, _, _ = srv.request("GET", "/healthz")
+    assert status == 200
+
+
+def test_server_survives_a_client_that_resets_mid_pipeline(srv: ServerProcess) -> None:
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(request_bytes("GET", "/help") * 500)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # RST with responses still unread
+    status, _, _ = srv.request("GET", "/healthz")
+    assert status == 200

@@ -1,0 +1,222 @@
+"""The tailer: whole lines only, stream order, rotation and deletion races."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from collector.storage.segment import segment_name
+from loader.checkpoint import Position
+from loader.daemon import parse_lines
+from loader.tailer import Tailer, scan
+from tests.fakes import FakeClock
+from tests.fixtures.store import StreamWriter, event_line, seal
+
+
+def ids(lines: list[bytes]) -> list[str]:
+    return [orjson.loads(line)["id"] for line in lines]
+
+
+def make(tmp_path: Path) -> tuple[Tailer, FakeClock, Path]:
+    clock = FakeClock()
+    directory = tmp_path / "segments"
+    directory.mkdir()
+    return Tailer(directory, clock), clock, directory
+
+
+def test_reads_sealed_segments_of_a_stream_in_order(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    first, second = w.events(3), w.events(2)
+    w.write(second)  # created out of order on purpose: names, not creation, give the order
+    w.write(first)
+    batch = tailer.read({}, 100)
+    assert ids(batch.lines) == [e["id"] for e in first + second]
+    end = Position(int(second[0]["id"]), sum(len(event_line(e)) for e in second))
+    assert batch.positions == {(0, 0): end}
+
+
+def test_max_lines_and_positions_resume_exactly(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    events = w.events(10)
+    w.write(events)
+    positions: dict = {}
+    seen: list[str] = []
+    while True:
+        batch = tailer.read(positions, 3)
+        if not batch.lines:
+            break
+        assert len(batch.lines) <= 3
+        seen += ids(batch.lines)
+        positions = batch.positions
+    assert seen == [e["id"] for e in events]
+    assert positions[(0, 0)].offset == sum(len(event_line(e)) for e in events)
+
+
+def test_never_returns_a_partial_line_of_an_open_segment(tmp_path: Path) -> None:
+    tailer, clock, d = make(tmp_path)
+    w = StreamWriter(d)
+    events = w.events(3)
+    path = d / segment_name(int(events[0]["id"]), sealed=False)
+    whole = event_line(events[0]) + event_line(events[1])
+    third = event_line(events[2])
+    path.write_bytes(whole + third[:10])
+    batch = tailer.read({}, 100)
+    assert ids(batch.lines) == [events[0]["id"], events[1]["id"]]
+    assert batch.positions[(0, 0)].offset == len(whole)
+    # Still half a line: nothing new, the position does not move.
+    clock.advance(5)
+    again = tailer.read(batch.positions, 100)
+    assert again.lines == [] and again.positions == batch.positions
+    with open(path, "ab") as f:
+        f.write(third[10:])
+    done = tailer.read(batch.positions, 100)
+    assert ids(done.lines) == [events[2]["id"]]
+    assert done.positions[(0, 0)].offset == len(whole + third)
+
+
+def test_open_segment_sealed_between_reads_continues_at_the_same_offset(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    a, b = w.events(4), w.events(2)
+    path = w.write(a[:2], sealed=False)
+    first = tailer.read({}, 100)  # the listing now says "open"
+    assert ids(first.lines) == [a[0]["id"], a[1]["id"]]
+    with open(path, "ab") as f:
+        f.write(b"".join(event_line(e) for e in a[2:]))
+    seal(path)  # renamed behind the tailer's back; its cached listing is stale
+    w.write(b)
+    rest = tailer.read(first.positions, 100)
+    assert ids(rest.lines) == [e["id"] for e in a[2:] + b]
+
+
+def test_rename_during_a_read_keeps_reading_the_same_file(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    events = w.events(5)
+    path = w.write(events, sealed=False)
+    fd = os.open(path, os.O_RDONLY)  # what the tailer holds while a rename happens
+    try:
+        seal(path)
+        assert os.pread(fd, 10_000, 0) == b"".join(event_line(e) for e in events)
+    finally:
+        os.close(fd)
+    assert ids(tailer.read({}, 100).lines) == [e["id"] for e in events]
+
+
+def test_new_segments_are_picked_up_without_a_new_tailer(tmp_path: Path) -> None:
+    tailer, clock, d = make(tmp_path)
+    w = StreamWriter(d)
+    w.write(w.events(2))
+    batch = tailer.read({}, 100)
+    assert len(batch.lines) == 2
+    later = w.events(3)
+    w.write(later)
+    clock.advance(0.1)
+    assert ids(tailer.read(batch.positions, 100).lines) == [e["id"] for e in later]
+
+
+def test_a_new_stream_is_picked_up(tmp_path: Path) -> None:
+    tailer, clock, d = make(tmp_path)
+    w0 = StreamWriter(d)
+    w0.write(w0.events(2))
+    batch = tailer.read({}, 100)
+    w7 = StreamWriter(d, worker=7)
+    events = w7.events(3)
+    w7.write(events)
+    clock.advance(2)
+    more = tailer.read(batch.positions, 100)
+    assert ids(more.lines) == [e["id"] for e in events]
+    assert set(more.positions) == {(0, 0), (0, 7)}
+
+
+def test_streams_keep_their_own_positions(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w1, w2 = StreamWriter(d, worker=1), StreamWriter(d, worker=2)
+    e1a = w1.events(2)
+    e2a = w2.events(2)
+    e1b = w1.events(2)
+    for evs, w in ((e1a, w1), (e2a, w2), (e1b, w1)):
+        w.write(evs)
+    seen = ids(tailer.read({}, 100).lines)
+    assert sorted(seen) == sorted(e["id"] for e in e1a + e2a + e1b)
+    # Within a stream, id order; the streams' relative order is free.
+    stream1 = [i for i in seen if i in {e["id"] for e in e1a + e1b}]
+    assert stream1 == [e["id"] for e in e1a + e1b]
+
+
+def test_sealed_segment_fully_read_moves_to_the_next(tmp_path: Path) -> None:
+    tailer, clock, d = make(tmp_path)
+    w = StreamWriter(d)
+    first = w.events(2)
+    w.write(first)
+    batch = tailer.read({}, 100)
+    nxt = w.events(1)
+    w.write(nxt, sealed=False)
+    clock.advance(2)
+    batch = tailer.read(batch.positions, 100)
+    assert ids(batch.lines) == [nxt[0]["id"]]
+    assert batch.positions[(0, 0)].segment == int(nxt[0]["id"])
+
+
+def test_vanished_segment_is_skipped_only_when_a_later_one_exists(tmp_path: Path) -> None:
+    tailer, clock, d = make(tmp_path)
+    w = StreamWriter(d)
+    gone = w.write(w.events(2))
+    pos = {(0, 0): Position(int(gone.name[:20]), 0)}
+    gone.unlink()
+    stuck = tailer.read(pos, 100)
+    assert stuck.lines == [] and stuck.positions == pos
+    later = w.events(2)
+    w.write(later)
+    clock.advance(2)
+    moved = tailer.read(pos, 100)
+    assert ids(moved.lines) == [e["id"] for e in later]
+    assert tailer.skipped_segments == 1
+
+
+def test_sealed_segment_without_final_newline_yields_its_tail(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    events = w.events(2)
+    path = d / segment_name(int(events[0]["id"]), sealed=True)
+    path.write_bytes(event_line(events[0]) + event_line(events[1]).rstrip(b"\n"))
+    batch = tailer.read({}, 100)
+    assert ids(batch.lines) == [e["id"] for e in events]
+    assert batch.positions[(0, 0)].offset == path.stat().st_size
+
+
+def test_scan_ignores_other_files_and_prefers_the_sealed_name(tmp_path: Path) -> None:
+    _, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    events = w.events(1)
+    (d / segment_name(int(events[0]["id"]), sealed=False)).write_bytes(event_line(events[0]))
+    (d / segment_name(int(events[0]["id"]), sealed=True)).write_bytes(event_line(events[0]))
+    (d / "notes.txt").write_text("x")
+    (d / "123.ndjson").write_text("x")
+    listing = scan(d)
+    assert list(listing) == [(0, 0)]
+    assert [(r.first_id, r.sealed) for r in listing[(0, 0)]] == [(int(events[0]["id"]), True)]
+
+
+def test_backlog_counts_bytes_after_the_position(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    a = w.write(w.events(3))
+    b = w.write(w.events(2), sealed=False)
+    tailer.refresh()
+    pos = {(0, 0): Position(int(a.name[:20]), 10)}
+    assert tailer.backlog(pos) == {(0, 0): a.stat().st_size - 10 + b.stat().st_size}
+
+
+def test_parse_lines_skips_and_counts_what_is_not_an_event() -> None:
+    good = event_line({"id": "42", "event_type": "a", "ts": 1.5, "params": {},
+                       "received_at": 2.0}).rstrip(b"\n")
+    lines = [good, b"", b"{not json", b"[1, 2]", b'{"id": "x", "event_type": "a", "ts": 1}',
+             b'{"id": "1", "event_type": 5, "ts": 1}', b'{"id": "1", "event_type": "a"}']
+    events, bad = parse_lines(lines)
+    assert [e["id"] for e in events] == ["42"]
+    assert bad == 5
