@@ -34,11 +34,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True, slots=True)
 class Pinning:
-    """Which CPU the server and the load generator run on; `None` CPUs mean no pinning."""
+    """Which CPU the server and the load generator run on; `None` CPUs mean no pinning.
+
+    `nice` (0: unchanged) is the niceness both run at. On a machine shared with other work a
+    negative value (root only) gives the benchmark nearly all of both cores under the CFS
+    scheduler, so the rows measure the servers rather than the neighbours. Where the kernel
+    groups processes by session (autogroup), a process's own niceness only ranks it inside its
+    session: see `set_autogroup_nice`, which the benchmark applies too.
+    """
 
     server_cpu: int | None
     client_cpu: int | None
     reason: str
+    nice: int = 0
 
     @property
     def pinned(self) -> bool:
@@ -51,24 +59,49 @@ class Pinning:
         before its first instruction, and every child it forks inherits the mask, so a
         supervisor's workers and its embedded Redis land on the same core.
         """
-        return [] if cpu is None else ["taskset", "-c", str(cpu)]
+        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        return pin + (["nice", "-n", str(self.nice)] if self.nice else [])
 
 
-def plan_pinning(available: Iterable[int] | None = None, taskset: str | None = None) -> Pinning:
+def plan_pinning(available: Iterable[int] | None = None, taskset: str | None = None,
+                 nice: int = 0) -> Pinning:
     """Server on the first CPU this process may use, load generator on the second.
 
     Args:
         available: the CPUs this process may run on (default: `os.sched_getaffinity(0)`).
         taskset: path of the taskset binary (default: looked up on PATH).
+        nice: niceness for the server and wrk (0: unchanged; negative needs root).
     """
     cpus = sorted(os.sched_getaffinity(0) if available is None else available)
     tool = shutil.which("taskset") if taskset is None else taskset
+    niced = f", nice {nice}" if nice else ""
     if len(cpus) < 2:
         return Pinning(None, None, f"only {len(cpus)} CPU available: server and wrk share it, "
-                                   "no pinning (figures are not comparable to pinned runs)")
+                                   f"no pinning (figures are not comparable to pinned runs){niced}",
+                       nice)
     if not tool:
-        return Pinning(None, None, "taskset not found (util-linux): running without pinning")
-    return Pinning(cpus[0], cpus[1], f"server on CPU {cpus[0]}, wrk on CPU {cpus[1]}")
+        return Pinning(None, None,
+                       f"taskset not found (util-linux): running without pinning{niced}", nice)
+    return Pinning(cpus[0], cpus[1], f"server on CPU {cpus[0]}, wrk on CPU {cpus[1]}{niced}",
+                   nice)
+
+
+def set_autogroup_nice(pid: int, nice: int, proc: Path = Path("/proc")) -> bool:
+    """Give the scheduler autogroup (session) of `pid` the niceness `nice`; True if it took.
+
+    With `kernel.sched_autogroup_enabled = 1` CFS first shares a CPU equally between sessions,
+    then by niceness inside each; a server started in its own session competes with every
+    other session as an equal whatever its nice value. Writing /proc/<pid>/autogroup ranks the
+    whole session instead. False where autogroup is off or the write is refused (not root):
+    the plain nice value then applies, or nothing does.
+    """
+    if nice == 0:
+        return False
+    try:
+        (proc / str(pid) / "autogroup").write_text(f"{nice}\n")
+    except OSError:
+        return False
+    return True
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -115,6 +148,7 @@ class WrkResult:
     non_2xx: int
     socket_errors: int
     socket_errors_detail: str = ""
+    client_cpu_s: float = float("nan")  # CPU seconds wrk used, when the caller measured it
 
     @property
     def ok_requests_per_s(self) -> float:

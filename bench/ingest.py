@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import importlib.util
 import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import string
@@ -58,7 +60,9 @@ from common import (  # noqa: E402
     median,
     parse_wrk,
     plan_pinning,
+    process_tree,
     ratio,
+    set_autogroup_nice,
     tree_cpu_seconds,
 )
 
@@ -276,10 +280,15 @@ def started(row: Row, pin: Pinning, data_root: Path, timeout: float = 60.0) -> I
             proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
+        set_autogroup_nice(proc.pid, pin.nice)  # before it forks workers: they inherit it
         sock = workdir / "data" / "run" / "redis.sock" if row.redis_rates else None
         run = Running(proc, f"http://127.0.0.1:{port}", workdir, log_path, argv, sock)
         try:
             _wait_healthy(run, timeout)
+            # Children that started their own session (the embedded redis-server does) have
+            # their own autogroup: rank those too, so the whole tree runs at one priority.
+            for pid in process_tree(proc.pid):
+                set_autogroup_nice(pid, pin.nice)
             yield run
         finally:
             _stop(proc)
@@ -296,12 +305,28 @@ def wrk_argv(pin: Pinning, url: str, script: str, connections: int, seconds: flo
             f"{url}/api/events"]
 
 
-def run_wrk(argv: list[str], seconds: float, extra_env: dict[str, str] | None = None) -> WrkResult:
+def run_wrk(argv: list[str], seconds: float, extra_env: dict[str, str] | None = None,
+            nice: int = 0) -> WrkResult:
+    """Run wrk to completion (its own session, so its scheduling group can be niced) and parse
+    its report."""
     env = {**os.environ, **(extra_env or {})}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout)
+    # wrk's CPU time: the children's rusage grows by exactly wrk's when it is reaped (taskset
+    # and nice exec into it; no other child of this script ends during the run).
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, start_new_session=True) as proc:
+        set_autogroup_nice(proc.pid, nice)
+        try:
+            out, err = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err or out}")
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dataclasses.replace(parse_wrk(out), client_cpu_s=used)
 
 
 def redis_commands(sock: Path) -> dict[str, int]:
@@ -345,6 +370,7 @@ class Measure:
     # Share of one core the server tree used during the measured run, and requests per CPU
     # second of the server: the noise indicators (see common.tree_cpu_seconds).
     server_cpu_share: float = float("nan")
+    wrk_cpu_share: float = float("nan")
     requests_per_cpu_s: float = float("nan")
     load1: float = float("nan")
     error: str = ""
@@ -355,7 +381,7 @@ class Measure:
     rss_last_quarter_mib: float = float("nan")
 
 
-def _redis_window(run: Running, argv: list[str], seconds: float,
+def _redis_window(run: Running, argv: list[str], seconds: float, nice: int,
                   extra_env: dict[str, str] | None = None) -> tuple[WrkResult, dict[str, Any]]:
     """A wrk run bracketed by two `INFO commandstats` reads: commands/s over that run.
 
@@ -365,7 +391,7 @@ def _redis_window(run: Running, argv: list[str], seconds: float,
     assert run.redis_socket is not None
     before = redis_commands(run.redis_socket)
     t0 = time.monotonic()
-    res = run_wrk(argv, seconds, extra_env)
+    res = run_wrk(argv, seconds, extra_env, nice)
     elapsed = time.monotonic() - t0
     delta = _delta(redis_commands(run.redis_socket), before)
     total = sum(delta.values())
@@ -384,19 +410,21 @@ def measure(row: Row, rep: int, pin: Pinning, data_root: Path, seconds: float, w
                       flush=True)
             with RssSampler(run.proc.pid) as rss:
                 if warmup > 0:
-                    run_wrk(wrk_argv(pin, run.url, row.script, row.connections, warmup), warmup)
+                    run_wrk(wrk_argv(pin, run.url, row.script, row.connections, warmup), warmup,
+                            nice=pin.nice)
                 cpu0 = tree_cpu_seconds(run.proc.pid)
                 t0 = time.monotonic()
                 full: dict[str, Any] = {}
                 if row.redis_rates:
-                    res, full = _redis_window(run, argv, seconds)
+                    res, full = _redis_window(run, argv, seconds, pin.nice)
                 else:
-                    res = run_wrk(argv, seconds)
+                    res = run_wrk(argv, seconds, nice=pin.nice)
                 t1 = time.monotonic()
                 cpu = cpu_used(cpu0, tree_cpu_seconds(run.proc.pid))
             m.load1 = loadavg()
             _fill(m, row, res, rss, t0, t1)
             m.server_cpu_share = cpu / (t1 - t0)
+            m.wrk_cpu_share = res.client_cpu_s / res.seconds
             ok_requests = res.requests - res.non_2xx
             m.requests_per_cpu_s = ok_requests / cpu if cpu > 0 else float("nan")
             if row.redis_rates:
@@ -432,7 +460,7 @@ def _reduced_rate(run: Running, row: Row, pin: Pinning, seconds: float,
     target = max(full["requests_per_s"] / 2, 1.0)
     delay_ms = max(1, round(row.connections * 1000 / target))
     argv = wrk_argv(pin, run.url, "paced.lua", row.connections, seconds)
-    _, out = _redis_window(run, argv, seconds, {"WRK_DELAY_MS": str(delay_ms)})
+    _, out = _redis_window(run, argv, seconds, pin.nice, {"WRK_DELAY_MS": str(delay_ms)})
     out["delay_ms"] = delay_ms
     return out
 
@@ -466,7 +494,7 @@ def _fmt(v: float, digits: int = 0) -> str:
 def table(runs: list[Measure], rows: list[Row]) -> str:
     head = (f"{'row':<3} {'what':<31} {'conns':>5} {'runs':>4} {'requests/s':>11} "
             f"{'events/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} "
-            f"{'non-2xx':>8} {'sock err':>8} {'srv CPU':>7} {'req/CPU-s':>10}")
+            f"{'non-2xx':>8} {'sock err':>8} {'srv CPU':>7} {'wrk CPU':>7} {'req/CPU-s':>10}")
     out = [head, "-" * len(head)]
     for row in rows:
         ok = _ok(runs, row.key)
@@ -479,6 +507,7 @@ def table(runs: list[Measure], rows: list[Row]) -> str:
             f"{_fmt(_med(runs, row.key, 'peak_rss_mib'), 1):>12} "
             f"{sum(m.non_2xx for m in ok):>8} {sum(m.socket_errors for m in ok):>8} "
             f"{_fmt(100 * _med(runs, row.key, 'server_cpu_share')) + '%':>7} "
+            f"{_fmt(100 * _med(runs, row.key, 'wrk_cpu_share')) + '%':>7} "
             f"{_fmt(_med(runs, row.key, 'requests_per_cpu_s')):>10}")
     return "\n".join(out)
 
@@ -636,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=tempfile.gettempdir(),
                    help="where servers write (default the temp dir); use a real disk, not "
                         "tmpfs, or the fsync row means nothing")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the servers and wrk at this niceness (e.g. -15 as root on a machine "
+                        "shared with other work; default 0: unchanged)")
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get/pip install missing tools; fail instead")
     return p
@@ -655,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     data_root.mkdir(parents=True, exist_ok=True)
 
     allowed = os.sched_getaffinity(0)
-    pin = plan_pinning(allowed)
+    pin = plan_pinning(allowed, nice=args.nice)
     if pin.client_cpu is not None:
         # This script (RSS sampling, redis-cli) shares the load generator's CPU, not the server's.
         os.sched_setaffinity(0, {pin.client_cpu})
@@ -689,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, peak RSS "
                   f"{m.peak_rss_mib:.1f} MiB, non-2xx {m.non_2xx}, socket errors "
                   f"{m.socket_errors_detail or m.socket_errors}, server CPU "
-                  f"{100 * m.server_cpu_share:.0f}%, load {m.load1:.1f}", flush=True)
+                  f"{100 * m.server_cpu_share:.0f}%, wrk CPU {100 * m.wrk_cpu_share:.0f}%, "
+                  f"load {m.load1:.1f}", flush=True)
             for label, w in m.redis.items():
                 print(f"    redis ({label}): {w['commands_per_s']:,.0f} commands/s at "
                       f"{w['requests_per_s']:,.0f} req/s", flush=True)

@@ -414,7 +414,7 @@ class Connection(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def request(self, data: bytes) -> Awaitable[HttpResult]: ...
+    def request(self, data: bytes, timeout: float) -> Awaitable[HttpResult]: ...
 
     def close(self) -> None: ...
 
@@ -476,14 +476,26 @@ class HttpClientProtocol(asyncio.Protocol):
         if not result.keep_alive:
             self.close()
 
-    def request(self, data: bytes) -> asyncio.Future[HttpResult]:
+    def request(self, data: bytes, timeout: float) -> asyncio.Future[HttpResult]:
+        """Send `data`; the future fails with TimeoutError (and the connection is closed)
+        when no complete response arrives within `timeout` seconds. A timer handle per
+        request is cheaper than asyncio.wait_for, which wraps the future in a task."""
         if self._closed or self._transport is None:
             raise ConnectionError("cannot send: the connection is closed")
         if self._waiter is not None:
             raise RuntimeError("cannot send: a request is already in flight")
-        self._waiter = self._loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._expire, waiter)
+        waiter.add_done_callback(lambda _: timer.cancel())
         self._transport.write(data)
-        return self._waiter
+        return waiter
+
+    def _expire(self, waiter: asyncio.Future[HttpResult]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+        if self._waiter is waiter:
+            self._waiter = None
+            self.close()
 
     def close(self) -> None:
         self._closed = True
@@ -625,7 +637,7 @@ async def send_all(
                 if conn is None or conn.closed:
                     conn = await connect()
                 t0 = clock.monotonic()
-                result = await asyncio.wait_for(conn.request(request), timeout)
+                result = await conn.request(request, timeout)
             except (OSError, ConnectionError, TimeoutError, ResponseError) as e:
                 summary.sent += count
                 summary.requests += 1

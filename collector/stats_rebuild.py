@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from collector import stats
 from collector.clock import Clock, SystemClock
-from collector.config import Config
+from collector.config import Config, Granularity
 from collector.embedded_redis import ping_unix
 from collector.storage.segment_log import SegmentInfo, list_segments
 
@@ -229,11 +229,12 @@ class _Writer:
         self._client = client
         self._pipe = client.pipeline(transaction=False)
         self._queued = 0
+        self._doomed: dict[str, list[str]] = {}
         self.written = 0
         self.deleted = 0
 
-    def command(self, name: str, *args: Any) -> None:
-        getattr(self._pipe, name)(*args)
+    def command(self, name: str, *args: Any, **kwargs: Any) -> None:
+        getattr(self._pipe, name)(*args, **kwargs)
         self._queued += 1
         if self._queued >= WRITE_BATCH:
             self.flush()
@@ -245,6 +246,11 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
+        for keys in self._doomed.values():
+            for i in range(0, len(keys), MEMBERS_PER_COMMAND):
+                self._pipe.execute_command("DEL", *keys[i:i + MEMBERS_PER_COMMAND])
+                self._queued += 1
+        self._doomed.clear()
         if self._queued:
             self._pipe.execute(raise_on_error=True)
             self._queued = 0
@@ -255,16 +261,21 @@ class _Writer:
         self.command("delete", tmp)
         fill(tmp)
         self.command("expire", tmp, max(1, ttl))
-        self.command("rename", tmp, key)
+        # Raw RENAME: redis-py blocks its rename() helper in cluster pipelines, although a
+        # rename inside one slot (which the shared hash tag guarantees) is fine.
+        self.raw("RENAME", tmp, key)
         self.written += 1
 
     def delete(self, key: str) -> None:
-        self.command("delete", key)
+        """Delete `key` (at the next flush): one DEL per hash tag carries many keys, and keys
+        sharing a tag share a cluster slot, so a multi-key DEL is allowed."""
+        tag = key[: key.index("}") + 1]
+        self._doomed.setdefault(tag, []).append(key)
         self.deleted += 1
 
 
-def _write_counters(writer: _Writer, tally: _Tally,
-                    buckets: list[tuple[Any, int]], keys: stats.KeySpace, now: float) -> None:
+def _write_counters(writer: _Writer, tally: _Tally, buckets: list[tuple[Granularity, int]],
+                    keys: stats.KeySpace, now: float) -> None:
     replaced = {keys.counter_key(g, s): stats.deadline(s, g) for g, s in buckets}
     content: dict[str, dict[str, int]] = {}
     total = stats.TOTAL_FIELD
@@ -277,12 +288,12 @@ def _write_counters(writer: _Writer, tally: _Tally,
             fields[etype] = fields.get(etype, 0) + n
             fields[total] = fields.get(total, 0) + n
     for key, end in replaced.items():
-        fields = content.get(key)
-        if fields is None:
+        found = content.get(key)
+        if found is None:
             writer.delete(key)
         else:
             writer.replace(key, int(end - now),
-                           lambda tmp, f=fields: writer.command("hset", tmp, mapping=f))
+                           lambda tmp, f=found: writer.command("hset", tmp, mapping=f))
 
 
 def _write_uniques(writer: _Writer, tally: _Tally, lo: int, hi: int, keys: stats.KeySpace,

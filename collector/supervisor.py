@@ -139,12 +139,15 @@ class Supervisor:
             child.start()
             self.workers.append(child)
         self._wait_ready()
-        self._banner(token, created, redis_url)
+        if not self.stopping:
+            self._banner(token, created, redis_url)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         pending = {i for i in range(len(self.workers))}
         while pending:
+            if self.stopping:
+                return
             for i in list(pending):
                 if (self.cfg.run_path / f"ready-{i}").exists():
                     pending.discard(i)
@@ -195,7 +198,9 @@ class Supervisor:
 
     # -- watch ----------------------------------------------------------------------------------
 
-    def watch(self) -> int:
+    def install_signal_handlers(self) -> None:
+        """Before any child starts, so a signal during startup stops cleanly too."""
+
         def on_signal(signum: int, frame: object) -> None:
             self.stopping += 1
             if self.stopping > 1:
@@ -205,6 +210,8 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def watch(self) -> int:
         while not self.stopping:
             self._check_children()
             time.sleep(0.5)
@@ -275,5 +282,6 @@ class Supervisor:
 
 def serve(cfg: Config, config_file: str | None) -> int:
     sup = Supervisor(cfg, config_file)
+    sup.install_signal_handlers()
     sup.start()
     return sup.watch()

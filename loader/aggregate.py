@@ -9,7 +9,6 @@ and written "YYYY-MM-DD", so string order is date order (years 1000-9999).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Iterable
 
 DAY_SECONDS = 86_400
@@ -19,8 +18,13 @@ _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 
 
 def day_number(ts: float) -> int:
-    """Days since 1970-01-01 of a UNIX time (UTC)."""
-    return math.floor(ts / DAY_SECONDS)
+    """Days since 1970-01-01 of a UNIX time (UTC).
+
+    Floor division, not floor(ts / 86400): Python computes `//` on floats from the exact
+    remainder, while the quotient ts / 86400 may round up to the next whole day for a time a
+    hair before midnight.
+    """
+    return int(ts // DAY_SECONDS)
 
 
 def day_string(day: int) -> str:
@@ -36,26 +40,6 @@ def day_of(ts: float) -> str:
 def day_start(day: str) -> float:
     """UNIX time of 00:00:00 UTC of a "YYYY-MM-DD" day."""
     return float((_dt.date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL) * DAY_SECONDS)
-
-
-class DayNamer:
-    """Day strings with a cache: a batch touches few days, and formatting a date for every
-    event would cost more than the insert it annotates. The cache is bounded because a
-    replay of old segments walks through many days."""
-
-    __slots__ = ("_cache",)
-
-    def __init__(self) -> None:
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, ts: float) -> str:
-        n = math.floor(ts / DAY_SECONDS)
-        s = self._cache.get(n)
-        if s is None:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            s = self._cache[n] = day_string(n)
-        return s
 
 
 def period_start(day: str, period: str) -> str:
@@ -113,8 +97,8 @@ def full_days(start: float | None, end: float | None) -> tuple[int | None, int |
     (d+1)*86400 <= end: its events have ts < (d+1)*86400 <= end. An `end` such as
     "23:59:59" therefore does not cover its day (an event at 23:59:59.5 is outside it).
     """
-    first = None if start is None else math.ceil(start / DAY_SECONDS)
-    last = None if end is None else math.floor(end / DAY_SECONDS) - 1
+    first = None if start is None else -int(-start // DAY_SECONDS)  # exact ceiling
+    last = None if end is None else int(end // DAY_SECONDS) - 1
     if first is not None and last is not None and first > last:
         return None
     return first, last

@@ -21,8 +21,9 @@ stream. A failing store (locked, disk full, MongoDB down) is the opposite: the b
 from the same positions with a growing pause, and errors are counted.
 
 Retention. Sealed segments that are fully loaded (entirely behind the committed position of
-their stream) and whose modification time is older than `loader.retention_days` are deleted;
-`.open` files and anything not yet committed are never touched.
+their stream: the stream has moved on to a later segment) and whose modification time is older
+than `loader.retention_days` are deleted; `.open` files, anything not yet committed, and the
+segment a stream's position is in are never touched.
 """
 
 from __future__ import annotations
@@ -135,6 +136,25 @@ class LoaderDaemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def start_over_if_store_is_empty(self) -> bool:
+        """Forget the positions when the store holds no event; True when it did.
+
+        A checkpoint with positions over an empty store means the store was replaced or wiped
+        (to rebuild it, or by a configuration mistake): every segment still on disk is loaded
+        again rather than only what arrives from now on. Replaying is safe; missing data is
+        not. Asked once at start (`main`), through the cheap total of query_events.
+        """
+        if not self.positions:
+            return False
+        total, _ = self.store.query_events(page=1, limit=1, start=None, end=None,
+                                           event_types=None)
+        if total:
+            return False
+        log.warning("the event store is empty but %s has positions: loading every segment "
+                    "on disk again", self.checkpoint.path)
+        self.positions = {}
+        return True
+
     # -- one pass ----------------------------------------------------------------------------
     def run_once(self) -> int:
         """Load what is available now, batch after batch; apply retention when it is due.
@@ -148,9 +168,12 @@ class LoaderDaemon:
         while not self._stop.is_set():
             batch = self.tailer.read(self.positions, size)
             if not batch.lines:
-                # Moving past finished or vanished segments needs no checkpoint: they are
-                # derived again from the saved position after a restart.
-                self.positions = batch.positions
+                if batch.positions != self.positions:
+                    # Moved past finished (or vanished) segments: saved so that retention,
+                    # which may now delete them, never leaves the checkpoint pointing at a
+                    # segment that is gone.
+                    self.checkpoint.save(batch.positions)
+                    self.positions = batch.positions
                 break
             loaded += self._load(batch.lines, batch.positions, batch.streams)
             if len(batch.lines) < size:
@@ -265,9 +288,10 @@ class LoaderDaemon:
             if pos is None:
                 continue
             for ref in segs:
-                if ref.first_id > pos.segment or not ref.sealed:
-                    break
-                if ref.first_id == pos.segment and pos.offset < ref.size:
+                # Strictly before the position's segment: the tailer moved past it, so it
+                # was sealed and fully read. The position's own segment is kept even when
+                # fully read, until the stream moves on to a newer one.
+                if ref.first_id >= pos.segment or not ref.sealed:
                     break
                 if now - ref.mtime <= max_age:
                     continue
@@ -385,7 +409,12 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
     store: EventStore | None = None
     try:
         store = open_store(cfg)
-        daemon = LoaderDaemon(cfg, store, clock, metrics=Metrics())
+        try:
+            daemon = LoaderDaemon(cfg, store, clock, metrics=Metrics())
+        except ValueError as e:  # an unreadable checkpoint: say what to do, no traceback
+            print(f"collector loader: {e}", file=sys.stderr)
+            return 2
+        daemon.start_over_if_store_is_empty()
         print(f"collector loader: reading {cfg.segments_path}, writing {describe_store(cfg)}, "
               f"position in {daemon.checkpoint.path}, status in {status_path(cfg)}",
               file=sys.stderr, flush=True)
@@ -423,7 +452,7 @@ def _install_signals(stop: threading.Event) -> dict[int, Any]:
         log.info("signal %d: finishing the current batch, then stopping", signum)
         stop.set()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)

@@ -9,14 +9,15 @@ Theory of operation
 
     `flush()` folds what `add()` gathered into the *pending* state (key -> field -> count,
     bitmap and HyperLogLog members per day key, key -> deadline for the EXPIRE) and sends all
-    of it in one `pipeline(transaction=False)`: HINCRBY per (key, field), BITFIELD SET for
-    bitmap members, PFADD for HyperLogLog members, EXPIRE per touched key. So the number of
-    round trips is one per tick whatever the request rate, and the number of commands grows
-    with the number of distinct buckets and types, not with events. Results are checked one by
-    one (`execute(raise_on_error=False)`): what succeeded leaves the pending state, what
-    failed stays for the next tick. HINCRBY and PFADD/BITFIELD are not idempotent on retry only
-    when Redis applied a command but the answer was lost (a timeout mid-pipeline): then a count
-    may be applied twice. `collector stats rebuild` repairs any window from the segments.
+    of it (up to MAX_COMMANDS writes) in one `pipeline(transaction=False)`: HINCRBY per (key,
+    field), BITFIELD SET for bitmap members, PFADD for HyperLogLog members, EXPIRE per touched
+    key. So the number of round trips is one per tick whatever the request rate, and the
+    number of commands grows with the number of distinct buckets and types, not with events.
+    Results are checked one by one (`execute(raise_on_error=False)`): what succeeded leaves the
+    pending state, what failed stays for the next tick. A retry is wrong only when Redis
+    applied a command whose answer was lost (a timeout mid-pipeline): that HINCRBY is then
+    applied twice (SETBIT and PFADD are idempotent). `collector stats rebuild` repairs any
+    window from the segments.
 
 Redis trouble
     Redis down, slow, out of memory or read-only never reaches ingestion: `add()` is pure
@@ -55,6 +56,12 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1000
 """Members per BITFIELD/PFADD command: keeps every command (and a retry of it) small."""
+
+MAX_COMMANDS = 5000
+"""Writes per flush, roughly (a key's fields go together). Live traffic needs far fewer: one
+per (bucket, event type) touched in a tick. After an outage the backlog drains at this many
+per tick instead of in one huge pipeline that would outlast the socket timeout, fail, and be
+retried whole forever (each time possibly half-applied by Redis)."""
 
 _OK = "ok"
 
@@ -153,6 +160,11 @@ class StatsCounters:
                 if bits is None:
                     bits = self._bits[day] = set()
                 bits.add(u)
+            elif type(u) is str and u and not u[0].isdigit():  # a name, never an int id
+                names = self._hll.get(day)
+                if names is None:
+                    names = self._hll[day] = set()
+                names.add(u)
             else:
                 self._add_user(day, stats.user_member(u))
         if too_old:
@@ -306,29 +318,46 @@ class StatsCounters:
     # --- one pipeline -----------------------------------------------------------------------
 
     def _queue(self, pipe: Any, now: float) -> list[tuple[str, str, Any]]:
-        """Queue every pending write on `pipe`; returns one (kind, key, what) per command, in
-        command order, so each result can be matched to what it acknowledges."""
+        """Queue pending writes on `pipe`, about MAX_COMMANDS of them; returns one (kind, key,
+        what) per command, in command order, so each result can be matched to what it
+        acknowledges. What does not fit waits for the next tick."""
         ops: list[tuple[str, str, Any]] = []
+        budget = MAX_COMMANDS
+        touched: set[str] = set()
         for key, fields in self._pending.items():
+            if budget <= 0:
+                break
             for field, n in fields.items():
                 pipe.hincrby(key, field, n)
                 ops.append(("h", key, field))
-        for key, members in self._pending_bits.items():
-            for chunk in _chunks(members):
-                args: list[Any] = []
-                for m in chunk:
-                    args += ("SET", "u1", m, 1)
-                pipe.execute_command("BITFIELD", key, *args)
-                ops.append(("b", key, chunk))
-        for key, names in self._pending_hll.items():
-            for chunk in _chunks(names):
-                pipe.pfadd(key, *chunk)
-                ops.append(("p", key, chunk))
+            budget -= len(fields)
+            touched.add(key)
+        for kind, pending in (("b", self._pending_bits), ("p", self._pending_hll)):
+            for key, members in pending.items():
+                if budget <= 0:
+                    break
+                for chunk in _chunks(members):
+                    if kind == "b":
+                        args: list[Any] = []
+                        for m in chunk:
+                            args += ("SET", "u1", m, 1)
+                        pipe.execute_command("BITFIELD", key, *args)
+                    else:
+                        pipe.pfadd(key, *chunk)
+                    ops.append((kind, key, chunk))
+                    budget -= 1
+                touched.add(key)
         # EXPIRE after the writes: on a missing key it is a no-op, so it must follow them.
+        # Keys not touched this time get theirs when their writes go out, unless only the
+        # EXPIRE itself is left to retry.
         for key, end in self._expire.items():
-            pipe.expire(key, max(1, int(end - now)))
-            ops.append(("e", key, None))
+            if key in touched or not self._has_writes(key):
+                pipe.expire(key, max(1, int(end - now)))
+                ops.append(("e", key, None))
         return ops
+
+    def _has_writes(self, key: str) -> bool:
+        return key in self._pending or key in self._pending_bits or key in self._pending_hll
 
     def _settle(self, ops: list[tuple[str, str, Any]], results: list[Any]) -> None:
         """Drop acknowledged writes from the pending state; keep failed ones for next tick."""
@@ -355,8 +384,7 @@ class StatsCounters:
                     del pending[key]
         for key in expired_ok:
             # A key whose writes failed needs its EXPIRE again after the retry.
-            if (key not in self._pending and key not in self._pending_bits
-                    and key not in self._pending_hll):
+            if not self._has_writes(key):
                 del self._expire[key]
         if errors:
             self._failed(errors[0], commands=len(errors))

@@ -7,9 +7,12 @@ disagree. To count only the rows actually inserted without a lookup per row, the
 compares the connection's change counter with the batch size: equal means every row was new
 (the normal case). Otherwise (a replay after a crash, a client retry with a known event_id) the
 transaction is rolled back and redone row by row, reading each statement's rowcount; that costs
-a few microseconds per row and only on such batches. `synchronous=NORMAL` in WAL mode keeps the
-database consistent after a power loss and may lose the last commits, which the loader replays
-from the segments (its checkpoint is written after the commit).
+a few microseconds per row and only on such batches.
+
+Durability. `synchronous=FULL`: the WAL is fsynced at each commit (one fsync per batch of
+thousands of events). NORMAL would be faster but may lose the last commits on a power loss
+while the loader's checkpoint, written after them, survives: those events would never be
+loaded. With FULL, a commit is on disk before the checkpoint that follows it.
 
 Readers. The collector's handlers run queries in executor threads. A readonly store opens one
 connection per thread (`threading.local`, `mode=ro`), created on first use and closed by
@@ -17,11 +20,13 @@ connection per thread (`threading.local`, `mode=ro`), created on first use and c
 one read transaction so the total and the page agree. A readonly store whose file does not exist
 yet (the loader has not started) answers as an empty store.
 
-Indexes. event_type, ts and (event_type, ts), as SPEC §7 asks. There is deliberately no index
-on user_id: its keys arrive in random order, so every batch dirties about one index page per
-row, and each commit writes all of those pages to the WAL (measured: loading fell from ~50k to
-~13k events/s at 600k rows, and keeps falling as the index grows). Per-user analytics scan a ts
-range (the ts index) and group in SQL instead.
+Indexes. event_type, ts and (event_type, ts), as SPEC §7 asks, and event_id unique through a
+partial index (WHERE event_id IS NOT NULL): the same rule as a UNIQUE column (NULLs never
+collide), but events without an event_id, the common case, cost no index entry. There is
+deliberately no index on user_id: its keys arrive in random order, so every batch dirties about
+one index page per row, and each commit writes all of those pages to the WAL (measured: loading
+fell from ~50k to ~13k events/s at 600k rows, and keeps falling as the index grows). Per-user
+analytics scan a ts range (the ts index) and group in SQL instead.
 
 Totals. COUNT(*) over millions of rows costs a full index scan, so `query_events` counts whole
 UTC days inside the range from daily_stats (exact: same transaction as the inserts) and only the
@@ -39,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from loader.aggregate import DAY_SECONDS, DayNamer, day_bounds, day_string, full_days, rollup_rows
+from loader.aggregate import DAY_SECONDS, day_bounds, day_string, full_days, rollup_rows
 from loader.stores.base import Event, public_event, user_text
 
 SCHEMA = """
@@ -49,10 +54,12 @@ CREATE TABLE IF NOT EXISTS events (
   ts REAL NOT NULL,
   params TEXT NOT NULL,
   received_at REAL NOT NULL,
-  event_id TEXT UNIQUE,
+  event_id TEXT,
   sent_at REAL,
   user_id TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id)
+  WHERE event_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_event_type ON events(event_type);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 CREATE INDEX IF NOT EXISTS events_event_type_ts ON events(event_type, ts);
@@ -70,7 +77,8 @@ _UPSERT_DAILY = ("INSERT INTO daily_stats (day, event_type, total) VALUES (?, ?,
                  "ON CONFLICT (day, event_type) DO UPDATE SET total = total + excluded.total")
 _COLUMNS = "id, event_type, ts, params, received_at, event_id, sent_at"
 
-Row = tuple[int, str, float, str, float, "str | None", "float | None", "str | None"]
+Row = tuple[Any, ...]
+"""(id, event_type, ts, params JSON, received_at, event_id, sent_at, user_id)"""
 
 
 class SQLiteStore:
@@ -82,7 +90,7 @@ class SQLiteStore:
         self.path = Path(path)
         self.readonly = readonly
         self._user_key = user_key
-        self._day = DayNamer()
+        self._days: dict[int, str] = {}
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -92,7 +100,7 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA synchronous=FULL")
             con.execute("PRAGMA busy_timeout=10000")
             con.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
             con.executescript(SCHEMA)
@@ -131,21 +139,29 @@ class SQLiteStore:
             con.execute("COMMIT")
 
     # -- writing -----------------------------------------------------------------------------
-    def _rows(self, events: list[Event]) -> list[Row]:
+    def _rows(self, events: list[Event]) -> tuple[list[Row], dict[tuple[int, str], int]]:
+        """Rows to insert and their counts per (day number, event type), in one pass: this
+        loop runs once per event, so it avoids function calls where it can."""
         key = self._user_key
         dumps = orjson.dumps
         rows: list[Row] = []
         append = rows.append
+        counts: dict[tuple[int, str], int] = {}
         for e in events:
             params = e.get("params")
-            if params is None:
-                params = {}
+            if type(params) is dict:
+                user = params.get(key)
+                if user is not None and type(user) is not str:
+                    user = str(user) if type(user) is int else user_text(user)
+            else:
+                params, user = ({} if params is None else params), None
             ts = e["ts"]
-            get = e.get
-            append((int(e["id"]), e["event_type"], ts, dumps(params).decode(),
-                    get("received_at", ts), get("event_id"), get("sent_at"),
-                    user_text(params.get(key)) if type(params) is dict else None))
-        return rows
+            event_type = e["event_type"]
+            append((int(e["id"]), event_type, ts, dumps(params).decode(),
+                    e.get("received_at", ts), e.get("event_id"), e.get("sent_at"), user))
+            k = (int(ts // DAY_SECONDS), event_type)
+            counts[k] = counts.get(k, 0) + 1
+        return rows, counts
 
     def insert_batch(self, events: list[Event]) -> int:
         con = self._writer
@@ -153,7 +169,7 @@ class SQLiteStore:
             raise RuntimeError("cannot insert: the store is read-only")
         if not events:
             return 0
-        rows = self._rows(events)
+        rows, counts = self._rows(events)
         con.execute("BEGIN IMMEDIATE")
         try:
             before = con.total_changes
@@ -162,18 +178,26 @@ class SQLiteStore:
                 con.execute("ROLLBACK")
                 con.execute("BEGIN IMMEDIATE")
                 rows = self._insert_one_by_one(con, rows)
-            counts: dict[tuple[str, str], int] = {}
-            day = self._day
-            for row in rows:
-                k = (day(row[2]), row[1])
-                counts[k] = counts.get(k, 0) + 1
-            con.executemany(_UPSERT_DAILY, [(d, t, n) for (d, t), n in counts.items()])
+                counts = {}
+                for row in rows:
+                    k = (int(row[2] // DAY_SECONDS), row[1])
+                    counts[k] = counts.get(k, 0) + 1
+            con.executemany(_UPSERT_DAILY, [(self._day_string(d), t, n)
+                                            for (d, t), n in counts.items()])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
         return len(rows)
+
+    def _day_string(self, day: int) -> str:
+        s = self._days.get(day)
+        if s is None:
+            if len(self._days) > 4096:  # a replay of old segments walks through many days
+                self._days.clear()
+            s = self._days[day] = day_string(day)
+        return s
 
     @staticmethod
     def _insert_one_by_one(con: sqlite3.Connection, rows: list[Row]) -> list[Row]:

@@ -187,16 +187,77 @@ def test_retention_deletes_only_old_fully_loaded_sealed_segments(
     store.close()
 
 
-def test_retention_deletes_a_fully_read_last_segment(data_dir: Path, stream: StreamWriter,
-                                                     loader_clock: FakeClock) -> None:
+def test_retention_keeps_the_segment_of_the_position_until_the_stream_moves_on(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
     cfg = loader_config(data_dir, retention_days=0.5)
-    path = stream.write(stream.events(3))
-    age(path, 86_400, loader_clock.time())
+    first = stream.write(stream.events(3))
+    age(first, 86_400, loader_clock.time())
     daemon, store = daemon_for(cfg, loader_clock)
-    daemon.run_once()  # the pass applies retention after loading
-    assert not path.exists()
-    assert daemon.counts["segments_deleted"] == 1 and store.count() == 3
+    daemon.run_once()  # fully read, but the stream has nothing newer yet
+    assert first.exists() and daemon.apply_retention() == 0
+    stream.write(stream.events(2))
+    loader_clock.advance(120)  # next listing and next retention sweep are due
+    assert daemon.run_once() == 2  # the pass applies retention after loading
+    assert not first.exists()
+    assert daemon.counts["segments_deleted"] == 1 and store.count() == 5
+    assert daemon.tailer.skipped_segments == 0
     store.close()
+
+
+def test_restart_over_an_emptied_store_loads_everything_again(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir)
+    stream.write(stream.events(4))
+    daemon, store = daemon_for(cfg, loader_clock)
+    daemon.run_once()
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cfg.sqlite_file}{suffix}").unlink(missing_ok=True)
+    store = SQLiteStore(cfg.sqlite_file)
+    again = LoaderDaemon(cfg, store, loader_clock)
+    assert again.run_once() == 0  # the checkpoint says: all loaded
+    assert again.start_over_if_store_is_empty()
+    assert again.run_once() == 4 and store.count() == 4
+    assert not again.start_over_if_store_is_empty()  # not empty any more
+    store.close()
+
+
+def test_readers_in_threads_see_whole_batches_while_the_loader_writes(tmp_path: Path) -> None:
+    writer = SQLiteStore(tmp_path / "events.db")
+    reader = SQLiteStore(tmp_path / "events.db", readonly=True)
+    w = StreamWriter(tmp_path)
+    batches = [w.events(100, ts=1_700_000_000 + i) for i in range(40)]
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                total, events = reader.query_events(page=1, limit=50, start=None, end=None,
+                                                    event_types=["click"])
+                everything, _ = reader.query_events(page=1, limit=1, start=None, end=None,
+                                                    event_types=None)
+                assert everything % 100 == 0  # a batch is visible whole or not at all
+                assert len(events) == min(50, total)
+                seen.append(everything)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for batch in batches:
+            writer.insert_batch(batch)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert seen and reader.count() == 4000
+    reader.close()
+    writer.close()
 
 
 # -- one loader per data directory -------------------------------------------------------------
@@ -296,7 +357,7 @@ def request(method: str, path: str, body: bytes = b"", *, query: str = "",
 
 
 @pytest.fixture
-def api(data_dir: Path, stream: StreamWriter) -> Any:
+async def api(data_dir: Path, stream: StreamWriter) -> Any:
     cfg = loader_config(data_dir)
     events = stream.events(30, types=("signup", "click", "view"))
     for i, e in enumerate(events):
@@ -305,9 +366,9 @@ def api(data_dir: Path, stream: StreamWriter) -> Any:
     writer = SQLiteStore(cfg.sqlite_file)
     LoaderDaemon(cfg, writer, FakeClock()).run_once()
     writer.close()
-    ctx = AppContext(config=cfg, clock=FakeClock(), loop=asyncio.get_event_loop_policy()
-                     .get_event_loop() if False else None, metrics=Metrics(),  # type: ignore
-                     read_token=TOKEN)
+    ctx = AppContext(config=cfg, clock=FakeClock(), loop=asyncio.get_running_loop(),
+                     metrics=Metrics(), read_token=TOKEN)
+    assert ctx.store is None  # routes() opens its own readonly store when the app has none
     handlers = {(r.method, r.path): r.handler for r in routes(ctx)}
     yield handlers, events
     ctx.store.close()

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from collector import stats
-from collector.config import Granularity, StatsConfig
+from collector.config import Granularity, RedisConfig, StatsConfig
 from collector.errors import ConfigError
+from collector.storage.redis_client import make_redis_client, parse_redis_url
 
 SECOND = Granularity("second", 1, 2 * 3600, "%Y%m%d%H%M%S")
 MINUTE = Granularity("minute", 60, 49 * 3600, "%Y%m%d%H%M")
@@ -386,3 +387,45 @@ def test_replaced_buckets_report_straddling_edges() -> None:
     assert straddling == 2  # 86400 is not a multiple of 7: both edges straddle
     inside = [s for s in range(lo - 7, hi + 7) if s % 7 == 0 and lo <= s and s + 7 <= hi]
     assert [s for _, s in got] == inside
+
+
+# --- Redis URLs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "clean", "cluster"),
+    [
+        ("redis://h:6379/0", "redis://h:6379/0", False),
+        ("rediss://u:p@h:6380", "rediss://u:p@h:6380", False),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock", False),
+        ("redis+cluster://h:7000", "redis://h:7000", True),
+        ("rediss+cluster://h:7000?ssl_cert_reqs=none", "rediss://h:7000?ssl_cert_reqs=none", True),
+        ("redis://h:7000?cluster=true&socket_timeout=2", "redis://h:7000?socket_timeout=2", True),
+        ("redis://h:7000?cluster=no", "redis://h:7000", False),
+    ],
+)
+def test_parse_redis_url(url: str, clean: str, cluster: bool) -> None:
+    assert parse_redis_url(url) == (clean, cluster)
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("", "no Redis URL"),
+        ("http://h:6379", "scheme"),
+        ("unix:///x.sock?cluster=true", "TCP"),
+    ],
+)
+def test_bad_redis_urls_are_refused(url: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_redis_url(url)
+
+
+def test_clients_are_built_without_connecting() -> None:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    # Nothing listens on port 1: building must not touch the network.
+    assert isinstance(make_redis_client(RedisConfig(), "redis://127.0.0.1:1"), Redis)
+    assert isinstance(make_redis_client(RedisConfig(), "redis+cluster://127.0.0.1:1"),
+                      RedisCluster)

@@ -1,0 +1,344 @@
+"""SPEC §11 analytics: every store answers exactly what the brute-force reference answers.
+
+The same events (the generator's realistic sessions around three DST changes, plus hand-made
+edge cases) are loaded into each backend once per module: SQLite on a real file, MongoDB
+through mongomock (and a real MongoDB when COLLECTOR_TEST_MONGO_URI is set). Each test then
+compares an answer with `loader.analytics.brute` over the same list of events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from collector.gen import EventModel
+from loader.analytics import Analytics, brute, for_store
+from loader.analytics.params import FunnelQuery, Range
+from loader.analytics.sqlite import MAX_RANGE_COUNT_BUCKETS
+from loader.stores.base import EventStore
+from loader.stores.sqlite import SQLiteStore
+from tests.fixtures.store import MONGO_URI_ENV, make_id
+
+
+def utc(*args: int) -> float:
+    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+
+
+SPRING = utc(2024, 3, 10, 7)  # America/New_York 02:00 EST -> 03:00 EDT
+LORD_HOWE_END = utc(2024, 4, 6, 15)  # Australia/Lord_Howe 02:00 +11 -> 01:30 +10:30
+AUTUMN = utc(2024, 11, 3, 6)  # America/New_York 02:00 EDT -> 01:00 EST
+WINDOWS = [(SPRING - 3.5 * 86400, SPRING + 3.5 * 86400),
+           (LORD_HOWE_END - 2 * 86400, LORD_HOWE_END + 2 * 86400),
+           (AUTUMN - 3.5 * 86400, AUTUMN + 3.5 * 86400)]
+ALL = Range(0, utc(2030, 1, 1))
+ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
+EDGE_T1 = utc(2024, 3, 8, 12)
+WINDOW = 600.0
+
+
+def edge_events() -> list[dict[str, Any]]:
+    """Hand-made cases the generator would only hit by chance."""
+    t = EDGE_T1
+    evs: list[dict[str, Any]] = [
+        # Funnel window edges: the second step exactly at T1 + window counts, 1 ms later not.
+        {"event_type": "e_a", "ts": t, "params": {"user_id": "edge-1"}},
+        {"event_type": "e_b", "ts": t + WINDOW, "params": {"user_id": "edge-1"}},
+        {"event_type": "e_a", "ts": t, "params": {"user_id": "edge-2"}},
+        {"event_type": "e_b", "ts": t + WINDOW + 0.001, "params": {"user_id": "edge-2"}},
+        # Only the *first* e_a enters: a later e_a with an e_b right after does not restart.
+        {"event_type": "e_a", "ts": t, "params": {"user_id": "edge-3"}},
+        {"event_type": "e_a", "ts": t + 5000, "params": {"user_id": "edge-3"}},
+        {"event_type": "e_b", "ts": t + 5001, "params": {"user_id": "edge-3"}},
+        # Equal timestamps: (ts, id) order decides, so e_b minted after e_a follows it.
+        {"event_type": "e_a", "ts": t + 7, "params": {"user_id": "edge-4"}},
+        {"event_type": "e_b", "ts": t + 7, "params": {"user_id": "edge-4"}},
+        # A step before the entry does not count, nor does a repeat of the same event.
+        {"event_type": "e_b", "ts": t - 1, "params": {"user_id": "edge-5"}},
+        {"event_type": "e_a", "ts": t, "params": {"user_id": "edge-5"}},
+        # 7 and "7" are one user (loader.stores.base.user_text); other JSON types are text.
+        {"event_type": "e_a", "ts": t + 1, "params": {"user_id": 7}},
+        {"event_type": "e_b", "ts": t + 2, "params": {"user_id": "7"}},
+        {"event_type": "e_a", "ts": t + 3, "params": {"user_id": 2.5}},
+        {"event_type": "e_a", "ts": t + 4, "params": {"user_id": True}},
+        # No user: counted by peak times, ignored by everything per user.
+        {"event_type": "e_a", "ts": t + 5, "params": {}},
+        {"event_type": "e_a", "ts": t + 6, "params": {"user_id": None}},
+        # Fractional times on both sides of an inclusive bound used below.
+        {"event_type": "e_c", "ts": t + 100.25, "params": {"user_id": "edge-6"}},
+        {"event_type": "e_c", "ts": t + 100.5, "params": {"user_id": "edge-6"}},
+        {"event_type": "e_c", "ts": t + 100.75, "params": {"user_id": "edge-6"}},
+        # Near the epoch, in a zone behind UTC: local time before 1970 (negative floors).
+        {"event_type": "early", "ts": 3600.5, "params": {"user_id": "old"}},
+        # Local midnight in Kolkata (18:30 UTC) and the seconds around it.
+        {"event_type": "e_k", "ts": utc(2024, 3, 7, 18, 29, 59), "params": {"user_id": "k"}},
+        {"event_type": "e_k", "ts": utc(2024, 3, 7, 18, 30), "params": {"user_id": "k"}},
+    ]
+    return evs
+
+
+def dataset() -> list[dict[str, Any]]:
+    rng = random.Random(20240310)
+    raw: list[dict[str, Any]] = []
+    for start, end in WINDOWS:
+        raw.extend(EventModel(rng, start, end, users=80).events(1200))
+    raw.extend(edge_events())
+    out = []
+    ms = 1_735_000_000_000
+    for i, e in enumerate(raw):
+        out.append({"id": str(make_id(ms + i // 4000, seq=i % 4000)),
+                    "event_type": e["event_type"], "ts": e["ts"], "params": e["params"],
+                    "received_at": ms / 1000})
+    return out
+
+
+EVENTS = dataset()
+
+
+@dataclass
+class Backend:
+    name: str
+    store: EventStore
+    analytics: Analytics
+
+
+@pytest.fixture(scope="module",
+                params=["sqlite", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongo)])
+def backend(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    kind = request.param
+    client: Any = None
+    if kind == "sqlite":
+        store: Any = SQLiteStore(tmp_path_factory.mktemp("analytics") / "events.db")
+    else:
+        from loader.stores.mongo import MongoStore
+
+        if kind == "mongomock":
+            import mongomock
+
+            client = mongomock.MongoClient(tz_aware=True)
+        else:
+            uri = os.environ.get(MONGO_URI_ENV)
+            if not uri:
+                pytest.skip(f"real MongoDB tests need {MONGO_URI_ENV}=mongodb://host:port")
+            from pymongo import MongoClient
+
+            client = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        store = MongoStore(client, f"analytics_test_{uuid.uuid4().hex[:12]}")
+    for i in range(0, len(EVENTS), 1000):
+        store.insert_batch(EVENTS[i:i + 1000])
+    try:
+        yield Backend(kind, store, for_store(store))
+    finally:
+        store.close()
+        if kind == "mongodb":
+            client.drop_database(store._db.name)
+            client.close()
+
+
+RANGES = {
+    "all": ALL,
+    "spring": Range(*WINDOWS[0]),
+    "autumn-odd-bounds": Range(WINDOWS[2][0] + 1234.567, WINDOWS[2][1] - 0.25),
+    "lord-howe": Range(*WINDOWS[1]),
+    "one-second": Range(EDGE_T1 + 100.25, EDGE_T1 + 100.75),
+    "empty": Range(utc(2025, 1, 1), utc(2025, 1, 9)),
+}
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize("rng_name", list(RANGES))
+def test_peak_times(backend: Backend, zone: str, rng_name: str) -> None:
+    rng, tz = RANGES[rng_name], ZoneInfo(zone)
+    assert backend.analytics.peak_times(rng, None, tz) == brute.peak_times(
+        EVENTS, rng.start, rng.end, tz)
+
+
+@pytest.mark.parametrize("types", [("purchase",), ("search", "checkout"), ("nothing",)])
+def test_peak_times_of_some_types(backend: Backend, types: tuple[str, ...]) -> None:
+    tz = ZoneInfo("America/New_York")
+    rng = RANGES["spring"]
+    answer = backend.analytics.peak_times(rng, types, tz)
+    assert answer == brute.peak_times(EVENTS, rng.start, rng.end, tz, types)
+
+
+def test_peak_times_over_years_takes_the_grouped_path(backend: Backend) -> None:
+    rng = Range(0, utc(2024, 12, 31))
+    assert (rng.end - rng.start) / 3600 > MAX_RANGE_COUNT_BUCKETS
+    for zone in ("America/New_York", "Asia/Kolkata"):
+        tz = ZoneInfo(zone)
+        assert backend.analytics.peak_times(rng, None, tz) == brute.peak_times(
+            EVENTS, rng.start, rng.end, tz)
+
+
+def test_peak_times_answer_shape(backend: Backend) -> None:
+    answer = backend.analytics.peak_times(RANGES["spring"], None, ZoneInfo("UTC"))
+    assert len(answer["by_hour"]) == 24
+    assert len(answer["by_weekday"]) == 7
+    assert [len(r) for r in answer["matrix"]] == [24] * 7
+    assert sum(answer["by_hour"]) == sum(answer["by_weekday"]) > 0
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize("rng_name", list(RANGES))
+def test_uniques(backend: Backend, zone: str, rng_name: str) -> None:
+    rng, tz = RANGES[rng_name], ZoneInfo(zone)
+    if rng_name == "all":
+        rng = Range(utc(2024, 3, 1), utc(2024, 11, 30))
+    assert backend.analytics.uniques(rng, tz) == brute.uniques(EVENTS, rng.start, rng.end, tz)
+
+
+def test_uniques_lists_every_day_with_zeros(backend: Backend) -> None:
+    rng = Range(utc(2024, 3, 12), utc(2024, 3, 20))
+    days = backend.analytics.uniques(rng, ZoneInfo("UTC"))["days"]
+    assert [d["date"] for d in days] == [f"2024-03-{d}" for d in range(12, 21)]
+    assert days[0]["users"] > 0
+    assert days[-1]["users"] == 0
+
+
+def test_uniques_split_at_local_midnight_in_kolkata(backend: Backend) -> None:
+    rng = Range(utc(2024, 3, 7, 18, 29, 59), utc(2024, 3, 7, 18, 30))
+    days = backend.analytics.uniques(rng, ZoneInfo("Asia/Kolkata"))["days"]
+    assert days == [{"date": "2024-03-07", "users": 1}, {"date": "2024-03-08", "users": 1}]
+
+
+@pytest.mark.parametrize("top", [1, 5, 1000])
+@pytest.mark.parametrize("rng_name", list(RANGES))
+def test_users(backend: Backend, top: int, rng_name: str) -> None:
+    rng = RANGES[rng_name]
+    assert backend.analytics.users(rng, top) == brute.users(EVENTS, rng.start, rng.end, top)
+
+
+def test_users_sums_and_ties(backend: Backend) -> None:
+    answer = backend.analytics.users(ALL, 1000)
+    with_user = [e for e in EVENTS if e["params"].get("user_id") is not None]
+    assert sum(d["events"] * d["users"] for d in answer["distribution"]) == len(with_user)
+    ranked = [(-u["events"], u["user_id"]) for u in answer["users"]]
+    assert ranked == sorted(ranked)
+    ids = {u["user_id"] for u in answer["users"]}
+    assert {"7", "2.5", "true"} <= ids
+    assert next(u["events"] for u in answer["users"] if u["user_id"] == "7") >= 2
+
+
+@pytest.mark.parametrize("start", [None, "page_view", "checkout", "e_a", "never"])
+@pytest.mark.parametrize("rng_name", ["all", "spring", "autumn-odd-bounds", "empty"])
+def test_flows(backend: Backend, start: str | None, rng_name: str) -> None:
+    rng = RANGES[rng_name]
+    assert backend.analytics.flows(rng, start, 50) == brute.flows(
+        EVENTS, rng.start, rng.end, 50, start)
+
+
+def test_flows_top_cuts_the_ranking(backend: Backend) -> None:
+    full = backend.analytics.flows(ALL, None, 1000)["flows"]
+    assert len(full) > 3
+    assert backend.analytics.flows(ALL, None, 3)["flows"] == full[:3]
+    counts = [f["count"] for f in full]
+    assert counts == sorted(counts, reverse=True)
+
+
+FUNNELS = [
+    ("page_view", "search", "add_to_cart", "checkout", "purchase"),
+    ("signup", "purchase"),
+    ("page_view", "page_view", "page_view"),
+    ("e_a", "e_b"),
+    ("never", "page_view"),
+    ("login",),
+]
+
+
+@pytest.mark.parametrize("steps", FUNNELS)
+@pytest.mark.parametrize("window", [1.0, 600.0, 3600.0, 86400.0])
+@pytest.mark.parametrize("rng_name", ["all", "spring", "autumn-odd-bounds", "empty"])
+def test_funnel(backend: Backend, steps: tuple[str, ...], window: float, rng_name: str) -> None:
+    rng = RANGES[rng_name]
+    answer = backend.analytics.funnel(FunnelQuery(steps, window, rng))
+    assert answer == brute.funnel(EVENTS, steps, window, rng.start, rng.end)
+
+
+def test_funnel_window_edges(backend: Backend) -> None:
+    answer = backend.analytics.funnel(FunnelQuery(("e_a", "e_b"), WINDOW, ALL))
+    entered = {"edge-1", "edge-2", "edge-3", "edge-4", "edge-5", "7", "2.5", "true"}
+    # Reached e_b: edge-1 (exactly at the window's end), edge-4 (same ts, later id), "7".
+    assert answer["steps"] == [
+        {"event_type": "e_a", "users": len(entered), "conversion": 1.0},
+        {"event_type": "e_b", "users": 3, "conversion": 3 / len(entered)},
+    ]
+
+
+def test_funnel_is_bounded_by_the_range(backend: Backend) -> None:
+    # edge-1's e_b lies after `to`: the user enters but does not convert.
+    rng = Range(EDGE_T1, EDGE_T1 + WINDOW - 1)
+    steps = backend.analytics.funnel(FunnelQuery(("e_a", "e_b"), WINDOW, rng))["steps"]
+    assert steps == brute.funnel(EVENTS, ("e_a", "e_b"), WINDOW, rng.start, rng.end)["steps"]
+    assert steps[1]["users"] < steps[0]["users"]
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month", "year"])
+def test_rollup(backend: Backend, period: str) -> None:
+    rng = Range(utc(2024, 3, 6, 13), utc(2024, 11, 2))
+    assert backend.analytics.rollup(period, rng, None) == brute.rollup(
+        EVENTS, period, rng.start, rng.end)
+    types = ("purchase", "signup")
+    assert backend.analytics.rollup(period, rng, types) == brute.rollup(
+        EVENTS, period, rng.start, rng.end, types)
+
+
+def test_inclusive_bounds(backend: Backend) -> None:
+    a = backend.analytics
+    one = RANGES["one-second"]  # exactly the first and the last e_c
+    assert a.users(one, 10)["users"] == [{"user_id": "edge-6", "events": 3}]
+    assert sum(a.peak_times(one, ("e_c",), ZoneInfo("UTC"))["by_hour"]) == 3
+    inner = Range(one.start + 0.001, one.end - 0.001)
+    assert a.users(inner, 10)["users"] == [{"user_id": "edge-6", "events": 1}]
+    assert a.flows(one, "e_c", 10)["flows"] == [{"from": "e_c", "to": "e_c", "count": 2}]
+
+
+# --- empty stores -----------------------------------------------------------------------------
+
+
+def empty_answers(a: Analytics) -> None:
+    rng = Range(utc(2024, 3, 1), utc(2024, 3, 3, 12))
+    tz = ZoneInfo("Asia/Kolkata")
+    assert a.peak_times(rng, None, tz) == {"by_hour": [0] * 24, "by_weekday": [0] * 7,
+                                           "matrix": [[0] * 24 for _ in range(7)]}
+    assert a.uniques(rng, tz) == {"days": [{"date": f"2024-03-0{d}", "users": 0}
+                                           for d in (1, 2, 3)]}
+    assert a.users(rng, 20) == {"users": [], "distribution": []}
+    assert a.flows(rng, None, 50) == {"flows": []}
+    assert a.funnel(FunnelQuery(("a", "b"), 60.0, rng)) == {"steps": [
+        {"event_type": "a", "users": 0, "conversion": 0.0},
+        {"event_type": "b", "users": 0, "conversion": 0.0}]}
+    assert a.rollup("week", rng, None) == {"period": "week", "rows": []}
+
+
+def test_empty_sqlite_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    try:
+        empty_answers(for_store(store))
+    finally:
+        store.close()
+
+
+def test_sqlite_store_not_created_yet(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "missing.db", readonly=True)
+    try:
+        empty_answers(for_store(store))
+    finally:
+        store.close()
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_empty_mongomock_store() -> None:
+    import mongomock
+
+    from loader.stores.mongo import MongoStore
+
+    empty_answers(for_store(MongoStore(mongomock.MongoClient(tz_aware=True), "empty")))

@@ -1,0 +1,232 @@
+"""Start, stop, restart and several workers of the real collector (issue 2 items 2, 5, 6).
+
+- SIGTERM is a graceful stop: listeners close, idle connections close, a request in flight is
+  finished and answered, the segments are sealed, and the process exits 0.
+- `--workers 2`: two processes share the port (SO_REUSEPORT); each mints ids with its own
+  Snowflake worker bits and writes its own segment files.
+- After `kill -9`, a restart on the same data directory seals the orphaned `.open` segment,
+  cutting a torn last line, and keeps every acknowledged event.
+- The startup banner tells the user where the collector listens, where its data is and what
+  the read token is (printed once, at creation).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.fixtures import rawhttp
+from tests.fixtures.rawhttp import (
+    RawConnection,
+    read_segments,
+    request_bytes,
+    snowflake_worker,
+    wait_started,
+    worker_pids,
+)
+from tests.fixtures.server import ServerProcess
+
+rawconn = rawhttp.rawconn  # the fixture, for this module
+Connect = Callable[..., RawConnection]
+Start = Callable[..., ServerProcess]
+
+
+def post(conn: RawConnection, events: list[dict[str, object]]) -> list[str]:
+    resp = conn.exchange(request_bytes("POST", "/api/events", orjson.dumps(events)))
+    assert resp.status == 202, resp.body
+    return resp.json()["ids"]  # type: ignore[no-any-return]
+
+
+def all_lines(data_dir: Path) -> dict[str, dict[str, object]]:
+    lines: dict[str, dict[str, object]] = {}
+    for seg in read_segments(data_dir):
+        for line in seg.lines:
+            assert line["id"] not in lines, f"id {line['id']} stored twice"
+            lines[str(line["id"])] = line
+    return lines
+
+
+def test_sigterm_finishes_in_flight_requests_and_seals(start_server: Start,
+                                                       rawconn: Connect) -> None:
+    server = start_server()
+    wait_started(server)
+    before = post(rawconn(server.port), [{"event_type": "before"}] * 3)
+    assert any(not s.sealed for s in read_segments(server.data_dir)), "no active segment"
+
+    idle = rawconn(server.port)
+    assert idle.exchange(request_bytes("GET", "/healthz")).status == 200
+    body = orjson.dumps({"event_type": "in-flight"})
+    in_flight = rawconn(server.port)
+    in_flight.send(request_bytes("POST", "/api/events",
+                                 headers={"Content-Length": str(len(body))}) + body[:7])
+
+    server.proc.send_signal(signal.SIGTERM)
+    # The idle connection is closed once the worker starts draining, which is after its
+    # listener was closed: from here on the stop is in progress.
+    assert idle.wait_closed(timeout=15.0), "idle connection not closed on SIGTERM"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+    in_flight.send(body[7:])
+    resp = in_flight.read_response()
+    assert resp.status == 202, resp.body
+    assert resp.closes, "a response during shutdown must announce the close"
+    assert in_flight.wait_closed()
+    (late,) = resp.json()["ids"]
+
+    assert server.proc.wait(timeout=30) == 0
+    segments = read_segments(server.data_dir)
+    assert segments and all(s.sealed for s in segments), [s.path.name for s in segments]
+    assert all(s.torn_tail == b"" for s in segments)
+    lines = all_lines(server.data_dir)
+    assert set(before) | {late} <= set(lines)
+    assert lines[late]["event_type"] == "in-flight"
+    assert "segments sealed" in server.log()
+
+
+def test_two_workers_share_the_port_with_their_own_ids_and_files(start_server: Start,
+                                                                 rawconn: Connect) -> None:
+    server = start_server(args=["--workers", "2"])
+    wait_started(server)
+    assert len(worker_pids(server)) == 2
+    ids_by_worker: dict[int, list[str]] = {0: [], 1: []}
+    health_workers: set[int] = set()
+    # SO_REUSEPORT spreads new connections over the two listeners; 200 connections all
+    # landing on one of two workers would be a broken distribution (odds 2**-199).
+    for i in range(200):
+        conn = rawconn(server.port)
+        health_workers.add(conn.exchange(request_bytes("GET", "/healthz")).json()["worker"])
+        for sid in post(conn, [{"event_type": "w", "params": {"i": i}}] * 2):
+            ids_by_worker[snowflake_worker(sid)].append(sid)
+        conn.close()
+        if i >= 20 and all(ids_by_worker.values()) and len(health_workers) == 2:
+            break
+    assert health_workers == {0, 1}
+    assert all(ids_by_worker.values()), "one worker got no request"
+    for ids in ids_by_worker.values():  # strictly increasing per worker
+        assert [int(i) for i in ids] == sorted({int(i) for i in ids})
+
+    # SIGINT stops gracefully too.
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=30) == 0
+
+    segments = read_segments(server.data_dir)
+    assert all(s.sealed for s in segments)
+    owners = {snowflake_worker(s.first_id) for s in segments}
+    assert owners == {0, 1}, "each worker writes its own segment files"
+    for seg in segments:
+        assert {snowflake_worker(line["id"]) for line in seg.lines} == \
+            {snowflake_worker(seg.first_id)}, f"{seg.path.name} mixes workers"
+        assert seg.lines[0]["id"] == str(seg.first_id)
+    lines = all_lines(server.data_dir)
+    assert {i for ids in ids_by_worker.values() for i in ids} <= set(lines)
+
+
+def test_restart_after_kill_recovers_a_torn_tail(start_server: Start, rawconn: Connect) -> None:
+    server = start_server()
+    acked = post(rawconn(server.port), [{"event_type": "pre-crash", "params": {"i": i}}
+                                        for i in range(10)])
+    server.kill()
+    (open_seg,) = [s for s in read_segments(server.data_dir) if not s.sealed]
+    intact = open_seg.path.read_bytes()
+    torn = b'{"id":"1","event_type":"half-writ'
+    with open(open_seg.path, "ab") as f:
+        f.write(torn)
+
+    log_before = len(server.log())
+    again = start_server(data_dir=server.data_dir)
+    banner = wait_started(again, since=log_before)
+    # The operator is told which file was recovered and how many bytes were cut.
+    name = re.escape(open_seg.path.name)
+    assert re.search(rf"recovered segment \S*{name}\D*{len(torn)} torn bytes", banner), banner
+
+    sealed_path = open_seg.path.with_name(open_seg.path.name.removesuffix(".open"))
+    assert not open_seg.path.exists()
+    assert sealed_path.read_bytes() == intact, "recovery must keep every complete line"
+    lines = all_lines(again.data_dir)
+    assert set(acked) <= set(lines)
+
+    after = post(rawconn(again.port), [{"event_type": "post-crash"}])
+    assert int(after[0]) > max(int(i) for i in acked)
+    # A restart does not print the token again, only where it is kept.
+    assert again.read_token not in banner
+    assert f"read token  in {again.data_dir.resolve() / 'read_token'}" in banner
+    assert again.stop() == 0
+
+
+def test_killed_worker_is_restarted_and_recovers_its_segment(start_server: Start,
+                                                             rawconn: Connect) -> None:
+    server = start_server()
+    wait_started(server)
+    acked = post(rawconn(server.port), [{"event_type": "before-kill"}] * 5)
+    (old_pid,) = worker_pids(server)
+    (open_seg,) = [s for s in read_segments(server.data_dir) if not s.sealed]
+    os.kill(old_pid, signal.SIGKILL)
+
+    guard = time.monotonic() + 30  # the supervisor restarts it after a short backoff
+    while True:
+        assert time.monotonic() < guard, f"the worker was not restarted:\n{server.log()}"
+        pids = worker_pids(server)
+        if pids and pids != [old_pid]:
+            try:
+                if server.request("GET", "/healthz", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+        time.sleep(0.05)
+    assert server.proc.poll() is None, "the supervisor must survive a worker's death"
+    # The new worker has the same Snowflake worker number, so it owns and recovers the file.
+    assert not open_seg.path.exists()
+    assert open_seg.path.with_name(open_seg.path.name.removesuffix(".open")).exists()
+    after = post(rawconn(server.port), [{"event_type": "after-kill"}])
+    assert int(after[0]) > max(int(i) for i in acked)
+    assert server.stop() == 0
+    assert set(acked) | set(after) <= set(all_lines(server.data_dir))
+
+
+def test_startup_banner_shows_address_data_dir_and_token(start_server: Start) -> None:
+    server = start_server()
+    log = wait_started(server)
+    assert f"listening   http://127.0.0.1:{server.port}" in log
+    assert f"data        {server.data_dir.resolve()}" in log
+    token = server.read_token
+    assert len(token) >= 32
+    assert re.search(rf"read token\s+{re.escape(token)}\s", log), log
+    assert (server.data_dir / "read_token").stat().st_mode & 0o777 == 0o600
+
+
+def test_sigterm_during_startup_stops_cleanly(start_server: Start) -> None:
+    """A stop requested while the workers are still starting (systemd stopping a unit that
+    is starting, a user's Ctrl-C) must not leave orphaned workers behind."""
+    server = start_server(wait=False)
+    deadline = time.monotonic() + 30
+    while not (workers := worker_pids(server)):
+        assert server.proc.poll() is None, server.log()
+        assert time.monotonic() < deadline, "no worker process was started"
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(timeout=30)
+    alive = [pid for pid in workers if _alive(pid)]
+    assert alive == [], f"worker processes {alive} outlived their supervisor"
+    assert code == 0, f"supervisor exited with {code}:\n{server.log()}"
+
+
+def _alive(pid: int) -> bool:
+    guard = time.monotonic() + 15  # a worker that is stopping gets time to finish
+    while time.monotonic() < guard:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":  # exited; its parent has not reaped it yet
+            return False
+        time.sleep(0.05)
+    return True
