@@ -130,6 +130,8 @@ def bench_load(args: argparse.Namespace, tmp: Path) -> None:
     streams = make_lines(args.events, days=7, rng=rng)
     size = write_segments(tmp / "load" / "segments", streams, args.per_segment)
     cfg = with_overrides(Config(), data_dir=str(tmp / "load"))  # type: ignore[arg-type]
+    if args.batch_size:
+        cfg = with_overrides(cfg, loader={"batch_size": args.batch_size})
     store = SQLiteStore(cfg.sqlite_file, user_key=cfg.stats.user_key)
     daemon = LoaderDaemon(cfg, store, SystemClock())
     with Timer() as t:
@@ -202,7 +204,7 @@ def bench_query(args: argparse.Namespace, tmp: Path) -> None:
                                            event_types=[event_type])
         times.append(time.perf_counter() - q0)
         assert len(events) == min(100, total)
-    cfg = with_overrides(Config(), data_dir=str(tmp), auth={"open_reads": True})
+    cfg = with_overrides(Config(), data_dir=str(tmp), auth={"open_reads": True})  # type: ignore[arg-type]
     http_times = asyncio.run(_handler_times(cfg, store, cases))
     store.close()
     per = count // (days * len(TYPES))
@@ -243,6 +245,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=500_000, help="events to load")
     parser.add_argument("--per-segment", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="loader.batch_size (0: the configured default)")
     parser.add_argument("--query-events", type=int, default=10_000_000,
                         help="size of the store queried (0: skip the query benchmark)")
     parser.add_argument("--queries", type=int, default=200)

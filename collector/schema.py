@@ -38,8 +38,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, repeat
 from typing import Any
 
 import orjson
@@ -57,7 +56,6 @@ MAX_EVENT_ID_CHARS = 64
 ALLOWED_FIELDS = frozenset(("event_type", "ts", "params", "event_id", "sent_at"))
 _ALLOWED_LIST = "event_type, ts, params, event_id, sent_at"
 _CONTAINERS = frozenset((dict, list))
-_get_params = itemgetter("params")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _NUMERIC = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _BODY_HINT = "send one event object, an array of events, or one JSON object per line"
@@ -201,13 +199,22 @@ def validate_event(obj: Any, received_at: float, limits: EventLimits) -> dict[st
         BadEvent: naming the field and how to fix it.
     """
     ra = round(received_at, 3)
-    return _validate_all([obj], ra, _upper_ts(ra, limits), limits.max_depth)[0]
+    return _validate_all([obj], ra, _upper_ts(ra, limits), limits.max_depth, None)[0]
 
 
 def validate_batch(
-    items: list[Any], received_at: float, limits: EventLimits
+    items: list[Any], received_at: float, limits: EventLimits, *, body: bytes | None = None
 ) -> list[dict[str, Any]]:
     """Validate every item, all-or-nothing.
+
+    Args:
+        items: from `parse_body`.
+        received_at: server receive time, UNIX seconds.
+        limits: the configured limits.
+        body: optional, the exact bytes `items` were parsed from. Only a speed hint: it lets
+            the params depth check be skipped for the whole batch when the body has too few
+            brackets for any params to be that deep (see `_validate_all`). Never pass bytes
+            other than those `items` came from.
 
     Returns:
         The normalized events, in order (see `validate_event`).
@@ -224,8 +231,9 @@ def validate_batch(
         raise BadEvent(f"no events: {_BODY_HINT}")
     ra = round(received_at, 3)
     upper = _upper_ts(ra, limits)
+    openers = None if body is None else body.count(b"{") + body.count(b"[")
     try:
-        return _validate_all(items, ra, upper, limits.max_depth)
+        return _validate_all(items, ra, upper, limits.max_depth, openers)
     except BadEvent:
         # Only a rejected batch pays for per-item error collection.
         errors, invalid = _collect_errors(items, ra, upper, limits.max_depth)
@@ -240,7 +248,7 @@ def _collect_errors(
     invalid = 0
     for index, item in enumerate(items):
         try:
-            _validate_all([item], ra, upper, max_depth)
+            _validate_all([item], ra, upper, max_depth, None)
         except BadEvent as exc:
             invalid += 1
             if len(errors) < MAX_REPORTED_ERRORS:
@@ -253,18 +261,29 @@ def _upper_ts(ra: float, limits: EventLimits) -> float:
     return min(ra + limits.max_future_skew, MS_THRESHOLD)
 
 
-def _validate_all(items: list[Any], ra: float, upper: float, max_depth: int) -> list[dict[str, Any]]:
+def _validate_all(
+    items: list[Any], ra: float, upper: float, max_depth: int, openers: int | None
+) -> list[dict[str, Any]]:
     """The one implementation of the rules: normalize every item or raise at the first bad one.
 
-    The loop body is the per-event fast path, written inline (no call per event) for the
-    common event: a dict holding event_type and, optionally, ts and params, nothing else. The
-    key check is a length comparison; the full `keys() <= ALLOWED_FIELDS` test and the
-    event_id/sent_at logic run only when the length says there is more. The params depth is
-    checked for the whole batch at once after the loop, see `_check_batch_depth`.
-
-    `validate_event` calls this with a one-item list, and error collection re-runs it item by
+    `validate_event` calls this with a one-item list and error collection re-runs it item by
     item, so every rule lives here once.
+
+    The loop body is the per-event fast path, inline (no call per event), for the common
+    event: a dict with event_type and non-null ts and params, nothing else, which a length
+    comparison proves. Any other shape takes `_has_optional`, which checks for unknown fields
+    and for event_id/sent_at. An int ts is compared with an int bound (an int/float comparison
+    costs twice as much in CPython).
+
+    Params depth: a params nested deeper than `max_depth` contains at least `max_depth`
+    containers besides itself, each of which put a `{` or `[` in the body. So when the body's
+    `{`/`[` count (`openers`; brackets inside strings only make it larger) minus one per event
+    object and one per params object is below `max_depth`, no params can be too deep and the
+    per-event walk is skipped. Otherwise (or without `openers`) each params with a container
+    value is walked.
     """
+    upper_int = math.floor(upper)
+    missing_params = 0
     out: list[dict[str, Any]] = []
     append = out.append
     for obj in items:
@@ -276,17 +295,19 @@ def _validate_all(items: list[Any], ra: float, upper: float, max_depth: int) -> 
         event_type = obj.get("event_type")
         ts = obj.get("ts")
         params = obj.get("params")
-        # Equal lengths: the only keys are event_type and the non-null ts and params.
-        optional = len(obj) != 3 - (ts is None) - (params is None) and _has_optional(obj)
+        optional = False
+        if len(obj) != 3 or ts is None or params is None:
+            optional = _has_optional(obj)
 
         if type(event_type) is not str:
             _bad_event_type(event_type)
         event_type = event_type.strip()
-        if not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS or not event_type.isprintable():
+        if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or not event_type.isprintable():
             _check_text("event_type", event_type, MAX_EVENT_TYPE_CHARS)
 
         if params is None:
             params = {}
+            missing_params += 1
         elif type(params) is not dict:
             raise BadEvent(
                 f"params must be a JSON object (string keys), not {_json_type(params)}"
@@ -299,12 +320,19 @@ def _validate_all(items: list[Any], ra: float, upper: float, max_depth: int) -> 
             ts = ra
         else:
             tt = type(ts)
-            if tt is not int and tt is not float:
+            if tt is int:
+                if ts < 0 or ts > upper_int:
+                    _check_ts("ts", ts, ra, upper)
+            elif tt is float:
+                if not 0.0 <= ts <= upper:
+                    _check_ts("ts", ts, ra, upper)
+            else:
                 ts = _number("ts", ts)
-            if not 0 <= ts <= upper:
-                _check_ts("ts", ts, ra, upper)
+                if not 0 <= ts <= upper:
+                    _check_ts("ts", ts, ra, upper)
         append({"event_type": event_type, "ts": ts, "params": params})
-    _check_batch_depth(out, max_depth)
+    if openers is None or openers - 2 * len(out) + missing_params >= max_depth:
+        _check_depths(out, max_depth)
     return out
 
 
@@ -325,20 +353,15 @@ def _with_optional(
     return event
 
 
-def _check_batch_depth(events: list[dict[str, Any]], max_depth: int) -> None:
-    """Apply the params nesting limit to a whole batch.
-
-    Most params are flat. One C-level pass over every params value of the batch (map, chain,
-    isdisjoint) proves that, for a few tens of nanoseconds per event; only when some value is a
-    container are the events walked one by one.
-    """
-    values = chain.from_iterable(map(dict.values, map(_get_params, events)))
-    if _CONTAINERS.isdisjoint(map(type, values)):
-        return
+def _check_depths(events: list[dict[str, Any]], max_depth: int) -> None:
+    """Walk every params that has a container value (flat params cost one pass over values)."""
+    containers = _CONTAINERS
     for event in events:
         params = event["params"]
-        if not _CONTAINERS.isdisjoint(map(type, params.values())):
-            _check_depth(params, max_depth)
+        for value in params.values():
+            if type(value) in containers:
+                _check_depth(params, max_depth)
+                break
 
 
 def _optional_fields(
@@ -493,21 +516,12 @@ def _json_type(value: Any) -> str:
 def encode_line(event: dict[str, Any], snowflake: int, received_at: float) -> bytes:
     """One canonical segment line, ending in a newline.
 
-    Keys in order: id (decimal string: ids exceed JavaScript's 2**53), event_type, ts, params,
-    received_at (rounded to milliseconds), then event_id, sent_at, client_ts when present.
-    Does not modify `event`.
+    Keys in order: id (a decimal string: ids exceed JavaScript's 2**53), event_type, ts,
+    params, received_at (rounded to milliseconds), then event_id, sent_at, client_ts when
+    present. Does not modify `event`. `encode_batch` produces the same bytes, faster.
     """
-    line: dict[str, Any] = {
-        "id": str(snowflake),
-        "event_type": event["event_type"],
-        "ts": event["ts"],
-        "params": event["params"],
-        "received_at": round(received_at, 3),
-    }
-    for key in ("event_id", "sent_at", "client_ts"):
-        if key in event:
-            line[key] = event[key]
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    line = _canonical(event, round(received_at, 3))
+    return orjson.dumps({"id": str(snowflake), **line}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: float) -> bytes:
@@ -516,31 +530,92 @@ def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: floa
     Also adds `"id"` (int) and `"received_at"` to each event dict, so that the caller can hand
     the same dicts to the request-path processors without parsing the lines back.
 
-    `events` must come from `validate_event`/`validate_batch`: the fast path relies on their key
-    order (event_type, ts, params first).
+    How: every event is serialized by orjson as it is (no second dict per event), and the
+    pieces are assembled in C (`join`, `replace`) around two marker bytes, \x01 and \x02,
+    which orjson never emits raw (it escapes control characters inside strings), so the
+    markers cannot collide with event content:
+
+        {"id":"<id>",\x01   +   {"event_type":...,"params":{...}}   +   \x02
+
+    `\x01{` is then deleted and `}\x02` replaced by `,"received_at":<ra>}\n`. An event that
+    has more than the three basic keys (event_id, sent_at, client_ts, or an event already
+    encoded once) is serialized from its canonical dict instead and ends in a plain newline.
+    The id texts come from `_id_prefixes`.
 
     Raises:
         ValueError: `events` and `ids` differ in length.
     """
     if len(events) != len(ids):
         raise ValueError(f"cannot encode batch: {len(events)} events but {len(ids)} ids")
+    if not events:
+        return b""
     ra = round(received_at, 3)
     dumps = orjson.dumps
-    newline = orjson.OPT_APPEND_NEWLINE
-    parts: list[bytes] = []
-    append = parts.append
+    bodies: Any
+    ends: Any
+    if max(map(len, events)) == 3:
+        bodies = map(dumps, events)
+        ends = repeat(b"\x02")
+    else:
+        bodies, ends = [], []
+        for event in events:
+            if len(event) == 3:
+                bodies.append(dumps(event))
+                ends.append(b"\x02")
+            else:
+                bodies.append(dumps(_canonical(event, ra)))
+                ends.append(b"\n")
+    text = b"".join(chain.from_iterable(zip(_id_prefixes(ids), bodies, ends)))
+    text = text.replace(b"\x01{", b"").replace(b"}\x02", b',"received_at":%b}\n' % dumps(ra))
     for event, snowflake in zip(events, ids):  # noqa: B905 - lengths checked above
-        if len(event) == 3:
-            # Appending received_at keeps the canonical order for the common event, and the
-            # line is the id prefix plus that dict's JSON without its opening brace.
-            event["received_at"] = ra
-            append(b'{"id":"%d",' % snowflake)
-            append(dumps(event, option=newline)[1:])
-        else:
-            append(encode_line(event, snowflake, ra))
-            event["received_at"] = ra
         event["id"] = snowflake
-    return b"".join(parts)
+        event["received_at"] = ra
+    return text
+
+
+def _canonical(event: dict[str, Any], ra: float) -> dict[str, Any]:
+    """The event's fields in line order, without the id."""
+    line = {
+        "event_type": event["event_type"],
+        "ts": event["ts"],
+        "params": event["params"],
+        "received_at": ra,
+    }
+    for key in ("event_id", "sent_at", "client_ts"):
+        if key in event:
+            line[key] = event[key]
+    return line
+
+
+_RUN = 1000
+_ID_TAILS = tuple(b'%03d",\x01' % low for low in range(_RUN))
+"""`_id_prefixes` texts of the last three digits of an id, with what follows the id."""
+
+
+def _id_prefixes(ids: list[int]) -> list[bytes]:
+    """`b'{"id":"<decimal id>",\\x01'` for every id.
+
+    Converting a 64-bit int to decimal costs CPython about as much as serializing a small
+    event. Ids of one batch are mostly consecutive (one `range` per millisecond, see
+    `SnowflakeGenerator.next_ids`), so a run of ids sharing everything but the last three
+    digits is formatted once and completed from the `_ID_TAILS` table.
+    """
+    out: list[bytes] = []
+    extend = out.extend
+    count = len(ids)
+    i = 0
+    while i < count:
+        head, low = divmod(ids[i], _RUN)
+        take = min(_RUN - low, count - i)
+        if ids[i + take - 1] - ids[i] == take - 1:
+            extend(map((b'{"id":"%d' % head).__add__, _ID_TAILS[low : low + take]))
+            i += take
+        else:
+            # A gap inside this run (the batch spans a millisecond): one id the slow way, then
+            # try a run again from the next one.
+            out.append(b'{"id":"%d",\x01' % ids[i])
+            i += 1
+    return out
 
 
 # --- GET pixel --------------------------------------------------------------------------------

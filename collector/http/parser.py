@@ -17,12 +17,13 @@ and a slice for the body: no per-byte Python loop and no regular expression.
 
 Buffer: `_buf` is the received bytes not yet discarded and `_pos` the first unconsumed byte.
 While everything arrives in whole requests, `_buf` is the very `bytes` object the transport
-gave us and a body that is the whole rest of it is handed out without copying. Only when a
-partial request remains does `feed()` switch to a `bytearray` and append to it (amortised
-O(1) per byte; front deletion of a bytearray is O(1) in CPython). Leftovers are bounded: a
-partial head by max_header_bytes, a partial chunk-size line by max_chunk_line, a partial body
-is handed out as soon as it arrives. What is *not* bounded here is data fed while PAUSED
-(pipelined requests waiting for their turn): the protocol watches `buffered` and stops reading.
+gave us: the body costs one slice (a body piece that fills a feed of its own is handed out as
+that object, no copy at all) and nothing is ever concatenated. Only when a partial request
+remains does `feed()` switch to a `bytearray` and append to it (amortised O(1) per byte; front
+deletion of a bytearray is O(1) in CPython). Leftovers are bounded: a partial head by
+max_header_bytes, a partial chunk-size line by max_chunk_line, and body bytes are handed out
+as soon as they arrive. What is *not* bounded here is data fed while PAUSED (pipelined
+requests waiting for their turn): the protocol watches `buffered` and stops reading.
 
 Line endings: CRLF is required in the request line, header fields, chunk-size lines and
 trailers; a bare LF or bare CR is a 400. h11 and most servers accept a bare LF, but a front
@@ -115,6 +116,13 @@ _MAX_CHUNK_SIZE_DIGITS = 16
 _END = EndOfMessage()
 _CLOSED = ConnectionClosed()
 
+# Where the chunked reader is inside the body (compared by identity; names read well in a
+# debugger).
+_SIZE = "chunk-size"
+_DATA = "chunk-data"
+_DATA_END = "chunk-data-crlf"
+_TRAILERS = "trailers"
+
 # Module-level aliases: a global lookup is cheaper than an attribute of an Enum class, and
 # next_event() tests the state on every call.
 _IDLE = ConnState.IDLE
@@ -172,6 +180,9 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer; b"" means the peer closed its side (EOF).
+
+        So never feed an empty chunk to mean "nothing yet" (asyncio never delivers one to
+        `data_received`; `eof_received` is where b"" belongs). Cheap: no parsing happens here.
 
         Raises:
             RuntimeError: data after EOF (a caller bug: a closed socket delivers nothing).
@@ -443,11 +454,14 @@ class RequestParser:
             return False
         line = bytes(buf[pos:i])
         size_text = line.split(b";", 1)[0].rstrip(b" \t")
+        controls = line.translate(None, _NOT_CTL)
+        if b"\n" in controls or b"\r" in controls:
+            raise _bare_line_end("LF" if b"\n" in controls else "CR")
         if (
-            not size_text
+            controls
+            or not size_text
             or len(size_text) > _MAX_CHUNK_SIZE_DIGITS
             or size_text.translate(None, _HEXDIG)
-            or line.translate(None, _NOT_CTL)
         ):
             shown = line[:40].decode("latin-1")
             raise ProtocolError(
@@ -503,13 +517,6 @@ class RequestParser:
         return True
 
 
-# chunked sub-phases (identity-compared small ints would do; names make debugging readable)
-_SIZE = "chunk-size"
-_DATA = "chunk-data"
-_DATA_END = "chunk-data-crlf"
-_TRAILERS = "trailers"
-
-
 # --- the head, as a pure function -------------------------------------------------------------
 
 
@@ -517,7 +524,8 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
     """Validate and decode one request head (without its final CRLFCRLF).
 
     Pure: the parser calls it once per request with the whole head in hand, which is what
-    lets it work on whole lines with C-level bytes methods.
+    lets it work on whole lines with C-level bytes methods. The caller has already enforced
+    `limits.max_header_bytes` (it had to, to know when to stop waiting for the head).
 
     Raises:
         ProtocolError: with the status for the first problem found (400, 414, 431, 413, 501,

@@ -116,8 +116,8 @@ def keep_alive(version: str, connection: Sequence[bytes]) -> bool:
 
 
 _MAX_CL_DIGITS = 18
-"""Any Content-Length this long is far beyond any body limit; more digits is treated as garbage
-rather than converted (int() of a huge digit string is quadratic)."""
+"""A Content-Length of more digits is far beyond any body limit; it is rejected as malformed
+(400) rather than converted (int() of a huge digit string is quadratic)."""
 
 
 # RFC 9112 §6.3 and §6.1, with the request-smuggling rules made strict:

@@ -13,14 +13,18 @@ The window
     2 h (7201 buckets), because older second buckets no longer exist. `from` is the start of
     the first bucket of the *reference* granularity (the finest one keeping the whole window,
     minute by default, or the one picked with ?granularity=), and `total` is the sum of its
-    series: so `total` counts exactly the events with ts in [from, to + its bucket width).
+    series: `total` counts exactly the events with ts from `from` to the end of the bucket
+    holding `to`.
     "types" covers the same range, summed from as few buckets as possible (whole days and
     hours from day and hour hashes, the ragged edges from minute hashes: stats.tile).
 
-Round trips
-    One pipeline per granularity (all keys of a granularity share a hash tag, so in a cluster
-    each is one node), one for the types and one for the uniques. Redis unavailable: 503
-    `stats_unavailable`, the client may retry.
+Round trips and cost
+    One pipeline for the whole answer (in a cluster, one per node): per granularity one EVAL
+    of SERIES_SCRIPT over its window's keys (they share a hash tag, hence a slot), per
+    granularity of the "types" tiling one EVAL of SUM_SCRIPT, and BITCOUNT + PFCOUNT per day.
+    The worker's cost is encoding the key names (about 10,000 with the defaults, 7201 of them
+    seconds; ?granularity= picks fewer) and parsing one JSON string per script. Redis unavailable:
+    503 `stats_unavailable`, the client may retry.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def routes(ctx: AppContext) -> list[Route]:
 
 
 class StatsReader:
-    """Builds stats answers from Redis; holds no state besides the context."""
+    """Builds stats answers from Redis; its only state is a cache of key names."""
 
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx

@@ -197,12 +197,16 @@ class StatsCounters:
                 log.exception("stats flush failed unexpectedly")
 
     async def close(self) -> None:
-        """Stop the loop and flush what is pending, waiting at most about 2x redis.timeout."""
+        """Stop the loop and flush what is pending. Takes at most an in-flight flush (bounded by
+        the socket timeouts) plus max(2 x redis.timeout, 0.5 s) for the final one."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Under the lock, so an in-flight flush completes first: cancelled mid-pipeline,
+            # its commands could be applied by Redis and then sent again by the final flush.
+            async with self._lock:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(TimeoutError):  # a dead Redis must not hold up shutdown
             await asyncio.wait_for(self.flush(), self._close_timeout)
         if self._size or self._counts:
@@ -215,7 +219,8 @@ class StatsCounters:
         return self._size
 
     async def flush(self) -> None:
-        """Send everything gathered and pending in one pipeline; keep what fails for next time.
+        """Send what was gathered and is pending (up to MAX_COMMANDS writes) in one pipeline;
+        keep what fails, or did not fit, for the next time.
 
         Never raises for Redis trouble (connection refused, timeout, OOM, READONLY...): those
         are counted, logged once per incident, and the counts stay pending.

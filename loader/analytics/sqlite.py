@@ -70,9 +70,9 @@ def _bound(x: float, args: list[Any]) -> str:
 def peak_times(con: sqlite3.Connection, rng: Range, types: tuple[str, ...] | None,
                tz: ZoneInfo) -> dict[str, Any]:
     intervals = common.offset_intervals(tz, rng.start, rng.end)
-    buckets = common.hour_buckets(intervals, rng.end)
-    if len(buckets) > MAX_RANGE_COUNT_BUCKETS:
+    if (rng.end - rng.start) / common.HOUR + len(intervals) > MAX_RANGE_COUNT_BUCKETS:
         return common.peak_answer(_peak_grouped(con, rng, types, intervals))
+    buckets = common.hour_buckets(intervals, rng.end)
     args: list[Any] = []
     values = ", ".join(f"({i}, {_bound(lo, args)}, {_bound(hi, args)})"
                        for i, (lo, hi, _) in enumerate(buckets))

@@ -39,7 +39,8 @@ AUTUMN = utc(2024, 11, 3, 6)  # America/New_York 02:00 EDT -> 01:00 EST
 WINDOWS = [(SPRING - 3.5 * 86400, SPRING + 3.5 * 86400),
            (LORD_HOWE_END - 2 * 86400, LORD_HOWE_END + 2 * 86400),
            (AUTUMN - 3.5 * 86400, AUTUMN + 3.5 * 86400)]
-ALL = Range(0, utc(2030, 1, 1))
+ALL = Range(utc(2024, 3, 1), utc(2024, 11, 30))
+"""Every event but the one near the epoch; two DST changes in New York."""
 ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
 EDGE_T1 = utc(2024, 3, 8, 12)
 WINDOW = 600.0
@@ -89,7 +90,7 @@ def dataset() -> list[dict[str, Any]]:
     rng = random.Random(20240310)
     raw: list[dict[str, Any]] = []
     for start, end in WINDOWS:
-        raw.extend(EventModel(rng, start, end, users=80).events(1200))
+        raw.extend(EventModel(rng, start, end, users=60).events(500))
     raw.extend(edge_events())
     out = []
     ms = 1_735_000_000_000
@@ -133,6 +134,11 @@ def backend(request: pytest.FixtureRequest,
 
             client = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
         store = MongoStore(client, f"analytics_test_{uuid.uuid4().hex[:12]}")
+    if kind == "mongomock":
+        # mongomock enforces the partial unique index on event_id by scanning every document
+        # on every insert (quadratic: minutes for these events). No event here has an
+        # event_id and indexes do not change answers, so the test double goes without.
+        store._events.drop_indexes()
     for i in range(0, len(EVENTS), 1000):
         store.insert_batch(EVENTS[i:i + 1000])
     try:
@@ -170,13 +176,14 @@ def test_peak_times_of_some_types(backend: Backend, types: tuple[str, ...]) -> N
     assert answer == brute.peak_times(EVENTS, rng.start, rng.end, tz, types)
 
 
-def test_peak_times_over_years_takes_the_grouped_path(backend: Backend) -> None:
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Etc/GMT+5"])
+def test_peak_times_over_years_takes_the_grouped_path(backend: Backend, zone: str) -> None:
+    # From the epoch: the event at 01:00:00.5 UTC on 1970-01-01 is on 1969-12-31 at GMT-5.
     rng = Range(0, utc(2024, 12, 31))
     assert (rng.end - rng.start) / 3600 > MAX_RANGE_COUNT_BUCKETS
-    for zone in ("America/New_York", "Asia/Kolkata"):
-        tz = ZoneInfo(zone)
-        assert backend.analytics.peak_times(rng, None, tz) == brute.peak_times(
-            EVENTS, rng.start, rng.end, tz)
+    tz = ZoneInfo(zone)
+    assert backend.analytics.peak_times(rng, None, tz) == brute.peak_times(
+        EVENTS, rng.start, rng.end, tz)
 
 
 def test_peak_times_answer_shape(backend: Backend) -> None:
@@ -191,8 +198,6 @@ def test_peak_times_answer_shape(backend: Backend) -> None:
 @pytest.mark.parametrize("rng_name", list(RANGES))
 def test_uniques(backend: Backend, zone: str, rng_name: str) -> None:
     rng, tz = RANGES[rng_name], ZoneInfo(zone)
-    if rng_name == "all":
-        rng = Range(utc(2024, 3, 1), utc(2024, 11, 30))
     assert backend.analytics.uniques(rng, tz) == brute.uniques(EVENTS, rng.start, rng.end, tz)
 
 

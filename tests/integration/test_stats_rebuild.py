@@ -31,6 +31,7 @@ from tests.integration.test_counters_redis import (
     counter_snapshot,
     expected_counters,
     expected_users,
+    flush_all,
     make_events,
 )
 
@@ -80,13 +81,12 @@ def full_snapshot(r: redis.Redis, now: float) -> dict[str, Any]:
 
 
 async def count_live(server: RedisServer, events: list[dict[str, Any]]) -> None:  # noqa: F811
-    client = make_redis_client(RedisConfig(), server.url)
+    client = make_redis_client(RedisConfig(timeout=5.0), server.url)
     try:
         counters = StatsCounters(client, RedisConfig(), STATS, FakeClock(NOW), Metrics())
         for i in range(0, len(events), 100):
             counters.add(events[i:i + 100])
-        await counters.flush()
-        assert counters.pending == 0
+        await flush_all(counters)
     finally:
         await client.aclose()
 
