@@ -429,7 +429,7 @@ def measure(row: Row, rep: int, pin: Pinning, data_root: Path, seconds: float, w
             m.requests_per_cpu_s = ok_requests / cpu if cpu > 0 else float("nan")
             if row.redis_rates:
                 m.redis = {"full": full, "reduced": _reduced_rate(run, row, pin, seconds, full)}
-    except (StartError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+    except (StartError, RuntimeError, ValueError, OSError, subprocess.SubprocessError) as e:
         m.error = f"{type(e).__name__}: {e}"
     return m
 

@@ -141,9 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(["stats", "--help"])
             return 2
         _setup_logging(args.log_level, "rebuild")
+        import redis
+
         from collector.stats_rebuild import rebuild
 
-        summary = rebuild(cfg, args.since, args.until, progress=not args.no_progress)
+        try:
+            summary = rebuild(cfg, args.since, args.until, progress=not args.no_progress)
+        except (RuntimeError, ValueError, redis.RedisError) as e:
+            print(f"collector stats rebuild: {e}", file=sys.stderr)
+            return 1
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
         return 0
     if args.command == "check-config":

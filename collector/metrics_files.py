@@ -55,32 +55,11 @@ def read_peer_snapshots(run_dir: Path, worker_index: int) -> list[dict[str, Any]
 
 def loader_snapshot(cfg: Config) -> dict[str, Any]:
     """Loader gauges from its status file, in the snapshot shape (empty when unknown)."""
-    try:
-        from loader.daemon import read_status
-    except ImportError:
-        return {}
-    try:
-        status = read_status(cfg)
-    except Exception:
-        return {}
+    from loader.status import fill_metrics, read_status
+
+    status = read_status(cfg)
     if not status:
         return {}
     m = Metrics()
-    m.describe("collector_loader_up", "gauge",
-               "1 when the loader's status file is fresh (updated in the last 30 s)")
-    fresh = time.time() - float(status.get("updated_at", 0)) < STALE_SECONDS
-    m.set("collector_loader_up", 1 if fresh else 0)
-    for key, help_text in (
-        ("lag_events", "events in the segments the loader has not loaded yet"),
-        ("lag_bytes", "segment bytes the loader has not loaded yet"),
-        ("lag_seconds", "seconds between the newest segment event and the loader position"),
-        ("events_loaded_total", "events the loader has inserted into the store"),
-        ("batches_total", "batches the loader has committed"),
-        ("errors_total", "loader errors"),
-        ("events_per_second", "recent loading rate"),
-    ):
-        if key in status and isinstance(status[key], int | float):
-            name = f"collector_loader_{key}"
-            m.describe(name, "counter" if key.endswith("_total") else "gauge", help_text)
-            m.set(name, float(status[key]))
+    fill_metrics(m, status, time.time())
     return m.snapshot()

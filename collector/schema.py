@@ -38,7 +38,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
+from operator import lt
 from typing import Any
 
 import orjson
@@ -565,9 +566,10 @@ def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: floa
             else:
                 bodies.append(dumps(_canonical(event, ra)))
                 ends.append(b"\n")
-    text = b"".join(chain.from_iterable(zip(_id_prefixes(ids), bodies, ends)))
+    # strict=False: `ends` may be an endless repeat; prefixes and bodies match `ids`.
+    text = b"".join(chain.from_iterable(zip(_id_prefixes(ids), bodies, ends, strict=False)))
     text = text.replace(b"\x01{", b"").replace(b"}\x02", b',"received_at":%b}\n' % dumps(ra))
-    for event, snowflake in zip(events, ids):  # noqa: B905 - lengths checked above
+    for event, snowflake in zip(events, ids, strict=True):
         event["id"] = snowflake
         event["received_at"] = ra
     return text
@@ -598,8 +600,12 @@ def _id_prefixes(ids: list[int]) -> list[bytes]:
     Converting a 64-bit int to decimal costs CPython about as much as serializing a small
     event. Ids of one batch are mostly consecutive (one `range` per millisecond, see
     `SnowflakeGenerator.next_ids`), so a run of ids sharing everything but the last three
-    digits is formatted once and completed from the `_ID_TAILS` table.
+    digits is formatted once and completed from the `_ID_TAILS` table. A run is recognised by
+    its first and last ids alone, which is exact only for a strictly increasing list; that is
+    checked first (in C) and anything else is formatted id by id.
     """
+    if not all(map(lt, ids, islice(ids, 1, None))):
+        return [b'{"id":"%d",\x01' % snowflake for snowflake in ids]
     out: list[bytes] = []
     extend = out.extend
     count = len(ids)

@@ -33,6 +33,8 @@ from collector.config import Config
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
+EXIT_LOCKED = 75
+"""The loader's exit code when another loader already holds the data directory's lock."""
 RESTART_BACKOFF_MAX = 10.0
 
 
@@ -230,6 +232,10 @@ class Supervisor:
                 delay = min(RESTART_BACKOFF_MAX, 0.5 * (2 ** min(child.restarts, 5)))
                 if now - child.started_at > 60:
                     delay = 0.5  # it had been running fine for a while: restart promptly
+                if child is self.loader and code == EXIT_LOCKED:
+                    delay = RESTART_BACKOFF_MAX
+                    log.error("another loader holds the lock on this data directory; "
+                              "retrying every %.0f s", delay)
                 log.error("%s exited (code %s); restarting in %.1f s", child.name, code, delay)
                 child.next_start = now + delay
             elif now >= child.next_start:

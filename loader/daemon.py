@@ -456,5 +456,9 @@ def _install_signals(stop: threading.Event) -> dict[int, Any]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)
+    if os.environ.get("COLLECTOR_SUPERVISED") == "1":
+        # Ctrl-C reaches the whole process group; under `collector serve` the supervisor
+        # turns it into an ordered SIGTERM, so the loader ignores the SIGINT itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return previous
 

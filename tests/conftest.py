@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.rawhttp",
+    "tests.fixtures.redis",
+    "tests.fixtures.store",
 ]

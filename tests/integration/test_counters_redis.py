@@ -41,12 +41,16 @@ HANG_GUARD = 15.0
 # --- reference -----------------------------------------------------------------------------------
 
 
-_TRUNCATE = {
-    "second": dict(microsecond=0),
-    "minute": dict(second=0, microsecond=0),
-    "hour": dict(minute=0, second=0, microsecond=0),
-    "day": dict(hour=0, minute=0, second=0, microsecond=0),
-}
+def truncate(dt: datetime, granularity: str) -> datetime:
+    """Start of the UTC second, minute, hour or day holding `dt`."""
+    dt = dt.replace(microsecond=0)
+    if granularity in ("minute", "hour", "day"):
+        dt = dt.replace(second=0)
+    if granularity in ("hour", "day"):
+        dt = dt.replace(minute=0)
+    if granularity == "day":
+        dt = dt.replace(hour=0)
+    return dt
 
 
 EDGE = 60.0
@@ -61,7 +65,7 @@ def expected_counters(events: list[dict[str, Any]], now: float,
     for e in events:
         dt = datetime.fromtimestamp(e["ts"], UTC)
         for g in STATS.granularities:
-            start = dt.replace(**_TRUNCATE[g.name])  # type: ignore[arg-type]
+            start = truncate(dt, g.name)
             if start.timestamp() + g.seconds + g.retention <= now + EDGE:
                 continue  # past retention (never written) or about to expire
             key = f"{{{prefix}:{g.name}}}:{start.strftime(g.format)}"
@@ -94,7 +98,7 @@ def expected_users(events: list[dict[str, Any]]) -> dict[str, tuple[set[int], se
     return out
 
 
-def counter_snapshot(r: redis.Redis, now: float) -> dict[str, dict[str, int]]:
+def counter_snapshot(r: Any, now: float) -> dict[str, dict[str, int]]:
     """Every counter hash in Redis, but those near expiry (see EDGE)."""
     keys = [key for key in r.scan_iter(match="{collector:*", count=1000)
             if not key.startswith("{collector:uniques}") and not near_expiry(key, now)]

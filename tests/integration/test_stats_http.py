@@ -24,12 +24,16 @@ from tests.fixtures.server import ROOT, ServerProcess
 
 HANG_GUARD = 20.0
 TYPES = ["signup", "page view", "purchase", "a/b"]
-_TRUNCATE = {
-    "second": dict(microsecond=0),
-    "minute": dict(second=0, microsecond=0),
-    "hour": dict(minute=0, second=0, microsecond=0),
-    "day": dict(hour=0, minute=0, second=0, microsecond=0),
-}
+def truncate(dt: datetime, granularity: str) -> datetime:
+    """Start of the UTC second, minute, hour or day holding `dt`."""
+    dt = dt.replace(microsecond=0)
+    if granularity in ("minute", "hour", "day"):
+        dt = dt.replace(second=0)
+    if granularity in ("hour", "day"):
+        dt = dt.replace(minute=0)
+    if granularity == "day":
+        dt = dt.replace(hour=0)
+    return dt
 
 
 def make_events(rng: random.Random, n: int, now: float) -> list[dict[str, Any]]:
@@ -52,7 +56,7 @@ def post_all(server: ServerProcess, events: list[dict[str, Any]]) -> None:
 def expected_series(events: list[dict[str, Any]], granularity: str,
                     event_type: str | None = None) -> Counter[int]:
     return Counter(
-        int(datetime.fromtimestamp(e["ts"], UTC).replace(**_TRUNCATE[granularity]).timestamp())
+        int(truncate(datetime.fromtimestamp(e["ts"], UTC), granularity).timestamp())
         for e in events if event_type is None or e["event_type"] == event_type
     )
 
@@ -70,7 +74,7 @@ def wait_for_total(server: ServerProcess, total: int) -> dict[str, Any]:
             # so the answer that saw the last flush land may hold a series read before it.
             status, body = get_stats(server)
             assert status == 200
-            return body
+            return dict(body)
         if time.monotonic() > give_up:
             raise AssertionError(f"stats never reached total {total}: {status} {body}")
         time.sleep(0.05)

@@ -28,8 +28,9 @@ KEYS = stats.KeySpace("collector")
 T0 = 1_456_606_932  # 2016-02-27T21:02:12Z
 
 
-def utc(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp())
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+        second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp())
 
 
 @pytest.fixture
