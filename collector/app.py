@@ -22,7 +22,12 @@ from collector.config import Config
 from collector.context import AppContext
 from collector.http import handlers
 from collector.http.parser import ParserLimits
-from collector.http.protocol import ServerState, drain_connections, protocol_factory
+from collector.http.protocol import (
+    ServerState,
+    drain_connections,
+    protocol_factory,
+    sweep_forever,
+)
 from collector.http.router import Route, Router
 from collector.metrics import Metrics, observe_into
 from collector.metrics_files import remove_snapshot, write_snapshot
@@ -72,6 +77,7 @@ class Worker:
     state: ServerState
     server: asyncio.AbstractServer | None = None
     ticker: asyncio.Task[None] | None = None
+    sweeper: asyncio.Task[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -229,6 +235,7 @@ async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socke
         with contextlib.suppress(OSError):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     worker.ticker = asyncio.create_task(_ticker(worker))
+    worker.sweeper = asyncio.create_task(sweep_forever(state))
     return worker
 
 
@@ -237,10 +244,11 @@ async def stop_worker(worker: Worker) -> None:
     if worker.server is not None:
         worker.server.close()
     await drain_connections(worker.state, ctx.config.server.shutdown_timeout)
-    if worker.ticker is not None:
-        worker.ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.ticker
+    for task in (worker.ticker, worker.sweeper):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await ctx.writer.close()
     if ctx.counters is not None:
         await ctx.counters.close()

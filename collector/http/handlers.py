@@ -80,7 +80,7 @@ class Ingest:
         received_at = self.ctx.clock.time()
         try:
             items, _ = parse_body(body)
-            events = validate_batch(items, received_at, self.limits)
+            events = validate_batch(items, received_at, self.limits, body=body)
         except TooManyEvents as e:
             return self._reject(request, body, 413, "too_many_events", e.message)
         except BatchRejected as e:

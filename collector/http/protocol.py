@@ -17,7 +17,8 @@ Backpressure from the client's side: when the transport's write buffer passes th
 mark, asyncio calls `pause_writing`; we then stop reading too, so a client that does not read
 its responses cannot make us buffer without bound.
 
-Timers (one per connection, `loop.call_later`): idle keep-alive between requests; a header
+Timeouts (a deadline per connection, checked by one sweeper task per worker a few times a
+second, so requests create no timer objects): idle keep-alive between requests; a header
 timeout armed at the first byte of a request and *not* re-armed by later bytes (a slowloris
 client sending a byte every few seconds still hits it); a body timeout re-armed on every chunk
 of body (a slow but progressing upload is fine, a stalled one is not).
@@ -91,7 +92,7 @@ _IDLE, _HEADER, _BODY = 0, 1, 2
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "state", "loop", "parser", "transport", "client", "head", "parts", "busy",
-        "write_paused", "read_paused", "timer", "timer_kind", "continue_sent", "closed",
+        "write_paused", "read_paused", "deadline", "timer_kind", "continue_sent", "closed",
         "started",
     )
 
@@ -106,7 +107,8 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.write_paused = False
         self.read_paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        """loop.time() at which the current phase times out; 0 when none (see sweep())."""
         self.timer_kind = -1
         self.continue_sent = False
         self.closed = False
@@ -174,15 +176,22 @@ class HttpProtocol(asyncio.Protocol):
             if t is RequestHead:
                 assert isinstance(event, RequestHead)
                 self.head = event
-                self.parts = []
                 self.continue_sent = False
                 self.started = self.loop.time()
+                body = parser.take_whole_body()
+                if body is not None:
+                    self._cancel_timer()
+                    self._dispatch(body)
+                else:
+                    self.parts = []
             elif t is Body:
                 assert isinstance(event, Body)
                 self.parts.append(event.data)
             elif t is EndOfMessage:
                 self._cancel_timer()
-                self._dispatch()
+                parts = self.parts
+                self.parts = []
+                self._dispatch(parts[0] if len(parts) == 1 else b"".join(parts))
             elif event is NEED_DATA:
                 self._need_data()
                 return
@@ -215,12 +224,9 @@ class HttpProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(CONTINUE)
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, body: bytes) -> None:
         head = self.head
         assert head is not None
-        parts = self.parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.parts = []
         target = head.target
         path, _, query = target.partition("?")
         request = Request(head.method, path, query, head.headers, body, head.version,
@@ -339,21 +345,19 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _arm(self, kind: int) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        # A deadline, not a TimerHandle: the sweeper checks deadlines a few times a second, so
+        # a request costs one loop.time() instead of creating and cancelling a timer.
         s = self.state
-        delay = (s.keepalive_timeout, s.header_timeout, s.body_timeout)[kind]
         self.timer_kind = kind
-        self.timer = self.loop.call_later(delay, self._on_timeout, kind)
+        self.deadline = self.loop.time() + (s.keepalive_timeout, s.header_timeout,
+                                             s.body_timeout)[kind]
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         self.timer_kind = -1
 
     def _on_timeout(self, kind: int) -> None:
-        self.timer = None
+        self.deadline = 0.0
         self.timer_kind = -1
         if self.closed or self.busy:
             return
@@ -390,6 +394,25 @@ def protocol_factory(state: ServerState,
         return HttpProtocol(state, loop)
 
     return make
+
+
+def sweep(state: ServerState, now: float) -> None:
+    """Fire the timeouts whose deadline has passed (called by sweep_forever)."""
+    for conn in list(state.connections):
+        deadline = conn.deadline
+        if deadline and now >= deadline:
+            conn._on_timeout(conn.timer_kind)
+
+
+async def sweep_forever(state: ServerState) -> None:
+    """Timeouts are enforced to within `interval` seconds: a quarter of the shortest one,
+    at most one second."""
+    loop = asyncio.get_running_loop()
+    interval = min(1.0, state.header_timeout / 4, state.body_timeout / 4,
+                   state.keepalive_timeout / 4)
+    while True:
+        await asyncio.sleep(interval)
+        sweep(state, loop.time())
 
 
 async def drain_connections(state: ServerState, timeout: float) -> None:

@@ -147,7 +147,7 @@
     const area = d + "L" + x(points.length - 1).toFixed(1) + " " + y(0) + "L" + x(0) + " " + y(0) + "Z";
     node.append(svg("path", { class: "area", d: area }));
     node.append(svg("path", { class: "line", d }));
-    const ticks = 6;
+    const ticks = 4;
     for (let t = 0; t <= ticks; t++) {
       const i = Math.round((t * (points.length - 1)) / ticks);
       const anchor = t === 0 ? "start" : t === ticks ? "end" : "middle";

@@ -20,16 +20,22 @@ Cost model, for 1M events inside the range (bench/analytics.py has the measureme
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from loader.analytics import common
+import orjson
+
+from loader.analytics import common, userhours
 from loader.analytics.params import FunnelQuery, Range
 
 MAX_RANGE_COUNT_BUCKETS = 20_000
+HOUR = 3600
 
 
 def _types_sql(types: tuple[str, ...] | None, args: list[Any]) -> str:
@@ -39,14 +45,14 @@ def _types_sql(types: tuple[str, ...] | None, args: list[Any]) -> str:
     return f" AND event_type IN ({', '.join('?' * len(types))})"
 
 
-def _offset_sql(intervals: common.Intervals, args: list[Any]) -> str:
-    """offset(ts) as SQL: a constant, or a CASE over the pieces of the time zone."""
+def _offset_sql(intervals: common.Intervals, args: list[Any], column: str = "ts") -> str:
+    """offset(column) as SQL: a constant, or a CASE over the pieces of the time zone."""
     if len(intervals) == 1:
         args.append(intervals[0][1])
         return "?"
     parts = ["CASE"]
     for (_, off), (nxt, _) in zip(intervals, intervals[1:], strict=False):
-        parts.append("WHEN ts < ? THEN ?")
+        parts.append(f"WHEN {column} < ? THEN ?")
         args.extend((nxt, off))
     parts.append("ELSE ? END")
     args.append(intervals[-1][1])
@@ -138,6 +144,209 @@ def funnel(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any]:
     return common.funnel_answer(q.steps, common.fold_funnel(rows, q.steps, q.window))
 
 
+# --- from the analytics tables (loader/analytics/userhours.py) -------------------------------
+
+
+@dataclass(slots=True)
+class _Row:
+    """One user-hour: a whole hour read from user_hours, or the part of an edge hour that lies
+    inside the range (rebuilt from its seq)."""
+
+    user: str
+    hour: int
+    first_type: str
+    last_type: str
+    firsts: Any  # dict, or its JSON text until needed
+    seq: list[userhours.Entry] | None = None
+
+    def first_of(self, event_type: str) -> list[Any] | None:
+        if isinstance(self.firsts, str):
+            self.firsts = orjson.loads(self.firsts)
+        found: list[Any] | None = self.firsts.get(event_type)
+        return found
+
+
+@dataclass(slots=True)
+class _Hours:
+    """A range cut into whole hours [lo, hi] (possibly empty: lo > hi) and edge hours."""
+
+    lo: int
+    hi: int
+    edges: tuple[int, ...]
+
+
+def _hours(rng: Range) -> _Hours:
+    # Hour h is whole when h * 3600 >= start and (h + 1) * 3600 <= end: its events have
+    # ts < (h + 1) * 3600 <= end. The others that touch the range are edges.
+    first, last = math.floor(rng.start / HOUR), math.floor(rng.end / HOUR)
+    lo, hi = math.ceil(rng.start / HOUR), math.floor(rng.end / HOUR) - 1
+    edges = tuple(sorted({h for h in (first, last) if not lo <= h <= hi}))
+    return _Hours(lo, hi, edges)
+
+
+def _edge_rows(con: sqlite3.Connection, rng: Range, hours: _Hours
+               ) -> list[tuple[_Row, userhours.Summary]]:
+    """The edge hours' rows cut to the range, with their summaries; empty cuts dropped."""
+    if not hours.edges:
+        return []
+    marks = ", ".join("?" * len(hours.edges))
+    out = []
+    for hour, user, seq_text in con.execute(
+            f"SELECT hour, user_id, seq FROM user_hours WHERE hour IN ({marks})", hours.edges):
+        seq = [e for e in orjson.loads(seq_text) if rng.start <= e[0] <= rng.end]
+        if seq:
+            s = userhours.summarize(seq)
+            out.append((_Row(user, hour, s.first_type, s.last_type, s.firsts, seq), s))
+    return out
+
+
+def users_from_tables(con: sqlite3.Connection, rng: Range, top: int) -> dict[str, Any]:
+    hours = _hours(rng)
+    counts: Counter[str] = Counter()
+    for user, n in con.execute("SELECT user_id, SUM(n) FROM user_hours WHERE hour BETWEEN ? "
+                               "AND ? GROUP BY user_id", (hours.lo, hours.hi)):
+        counts[user] += int(n)
+    for row, s in _edge_rows(con, rng, hours):
+        counts[row.user] += s.n
+    return common.users_answer(counts.items(), top)
+
+
+# The first and last active quarter of a row, from its bitmask.
+_FIRST_Q = ("CASE WHEN quarters & 1 THEN 0 WHEN quarters & 2 THEN 1 WHEN quarters & 4 THEN 2 "
+            "ELSE 3 END")
+_LAST_Q = ("CASE WHEN quarters & 8 THEN 3 WHEN quarters & 4 THEN 2 WHEN quarters & 2 THEN 1 "
+           "ELSE 0 END")
+
+
+def uniques_from_tables(con: sqlite3.Connection, rng: Range, tz: ZoneInfo) -> dict[str, Any]:
+    """A whole hour holds at most one local midnight (offsets are whole quarters), so a user
+    active in it was active on the local days of its first and its last active quarter, and
+    on no other day."""
+    intervals = common.offset_intervals(tz, rng.start, rng.end)
+    hours = _hours(rng)
+    args: list[Any] = []
+    off = _offset_sql(intervals, args, column="t")
+    args.extend((hours.lo, hours.hi, hours.lo, hours.hi))
+    sql = (f"SELECT DISTINCT {_FLOOR_Q}, user_id FROM (SELECT (t + {off}) / 86400.0 AS q, "
+           "user_id FROM ("
+           f"SELECT hour * 3600 + 900 * ({_FIRST_Q}) AS t, user_id FROM user_hours "
+           "WHERE hour BETWEEN ? AND ? UNION ALL "
+           f"SELECT hour * 3600 + 900 * ({_LAST_Q}) AS t, user_id FROM user_hours "
+           "WHERE hour BETWEEN ? AND ?))")
+    seen: set[tuple[int, str]] = {(int(d), u) for d, u in con.execute(sql, args)}
+    for row, _ in _edge_rows(con, rng, hours):
+        for ts, _, _ in row.seq or ():
+            seen.add((common.day_number(common.local_seconds(ts, intervals)), row.user))
+    per_day = Counter(d for d, _ in seen)
+    first = common.day_number(common.local_seconds(rng.start, intervals))
+    last = common.day_number(common.local_seconds(rng.end, intervals))
+    return common.uniques_answer(per_day, first, last)
+
+
+def _rows_in_range(con: sqlite3.Connection, rng: Range, hours: _Hours, columns: str
+                   ) -> tuple[list[_Row], list[tuple[_Row, userhours.Summary]]]:
+    """Every user-hour of the range in (user, hour) order, and the edge ones apart."""
+    edges = _edge_rows(con, rng, hours)
+    rows = [_Row(u, h, f, la, fi) for u, h, f, la, fi in con.execute(
+        f"SELECT {columns} FROM user_hours WHERE hour BETWEEN ? AND ?", (hours.lo, hours.hi))]
+    rows.extend(r for r, _ in edges)
+    rows.sort(key=lambda r: (r.user, r.hour))
+    return rows, edges
+
+
+def flows_from_tables(con: sqlite3.Connection, rng: Range, start: str | None,
+                      top: int) -> dict[str, Any]:
+    """Pairs inside a user-hour come from hour_flows (whole hours) or the edge rows' seq;
+    pairs across hours join a row's last event to the user's next row's first event."""
+    hours = _hours(rng)
+    pairs: Counter[tuple[str, str]] = Counter()
+    args: list[Any] = [hours.lo, hours.hi]
+    start_sql = ""
+    if start is not None:
+        start_sql = " AND from_type = ?"
+        args.append(start)
+    for a, b, n in con.execute("SELECT from_type, to_type, SUM(n) FROM hour_flows WHERE hour "
+                               f"BETWEEN ? AND ?{start_sql} GROUP BY from_type, to_type", args):
+        pairs[(a, b)] += int(n)
+    rows, edges = _rows_in_range(con, rng, hours, "user_id, hour, first_type, last_type, ''")
+    for _, s in edges:
+        for (a, b), n in s.pairs.items():
+            if start is None or a == start:
+                pairs[(a, b)] += n
+    prev: _Row | None = None
+    for row in rows:
+        if prev is not None and prev.user == row.user and (start is None
+                                                             or prev.last_type == start):
+            pairs[(prev.last_type, row.first_type)] += 1
+        prev = row
+    return common.flows_answer(((a, b, n) for (a, b), n in pairs.items() if n > 0), top)
+
+
+def funnel_from_tables(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any]:
+    """The greedy walk of common.fold_funnel, one user-hour at a time: the first event of a
+    type after the previous match is the row's `firsts` entry, except in the row of the
+    previous match itself, where the row's seq is read (only then)."""
+    hours = _hours(q.range)
+    rows, _ = _rows_in_range(con, q.range, hours,
+                             "user_id, hour, first_type, last_type, firsts")
+    counts = [0] * len(q.steps)
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j].user == rows[i].user:
+            j += 1
+        reached = _walk(con, rows[i:j], q.steps, q.window)
+        for k in range(reached):
+            counts[k] += 1
+        i = j
+    return common.funnel_answer(q.steps, counts)
+
+
+def _walk(con: sqlite3.Connection, rows: list[_Row], steps: tuple[str, ...],
+          window: float) -> int:
+    """Steps reached by one user whose user-hours are `rows` (hour order)."""
+    at = -1
+    current: list[Any] = []
+    for i, row in enumerate(rows):
+        found = row.first_of(steps[0])
+        if found is not None:
+            at, current = i, found
+            break
+    if at < 0:
+        return 0
+    deadline = current[0] + window
+    for k in range(1, len(steps)):
+        match: list[Any] | None = None
+        for i in range(at, len(rows)):
+            row = rows[i]
+            if row.hour * HOUR > deadline:
+                break
+            cand = row.first_of(steps[k])
+            if cand is not None and (cand[0], cand[1]) <= (current[0], current[1]):
+                cand = _next_in_row(con, row, steps[k], current)
+            if cand is None:
+                continue
+            if cand[0] <= deadline:
+                match, at = cand, i
+            break
+        if match is None:
+            return k
+        current = match
+    return len(steps)
+
+
+def _next_in_row(con: sqlite3.Connection, row: _Row, event_type: str,
+                 after: list[Any]) -> list[Any] | None:
+    if row.seq is None:
+        (text,) = con.execute("SELECT seq FROM user_hours WHERE hour = ? AND user_id = ?",
+                              (row.hour, row.user)).fetchone()
+        row.seq = orjson.loads(text)
+    for ts, id_, t in row.seq or ():
+        if t == event_type and (ts, id_) > (after[0], after[1]):
+            return [ts, id_]
+    return None
+
+
 def _empty() -> sqlite3.Connection:
     """An empty events table: the answer of a store whose file does not exist yet."""
     con = sqlite3.connect(":memory:")
@@ -148,7 +357,9 @@ def _empty() -> sqlite3.Connection:
 
 class SQLiteAnalytics:
     """The analytics of a `SQLiteStore` (readonly or not). Thread-safe as the store is: each
-    executor thread reads through its own connection."""
+    executor thread reads through its own connection. Per-user questions are answered from
+    the analytics tables (loader/analytics/userhours.py) when the store keeps them, from the
+    events table otherwise; both give the same answers."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
@@ -177,17 +388,24 @@ class SQLiteAnalytics:
 
     def uniques(self, rng: Range, tz: ZoneInfo) -> dict[str, Any]:
         with self._con() as con:
+            if userhours.ready(con):
+                return uniques_from_tables(con, rng, tz)
             return uniques(con, rng, tz)
 
     def users(self, rng: Range, top: int) -> dict[str, Any]:
         with self._con() as con:
+            if userhours.ready(con):
+                return users_from_tables(con, rng, top)
             return users(con, rng, top)
 
     def flows(self, rng: Range, start: str | None, top: int) -> dict[str, Any]:
         with self._con() as con:
+            if userhours.ready(con):
+                return flows_from_tables(con, rng, start, top)
             return flows(con, rng, start, top)
 
     def funnel(self, q: FunnelQuery) -> dict[str, Any]:
         with self._con() as con:
+            if userhours.ready(con):
+                return funnel_from_tables(con, q)
             return funnel(con, q)
-

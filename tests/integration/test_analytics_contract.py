@@ -21,10 +21,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from collector.gen import EventModel
-from loader.analytics import Analytics, brute, for_store
+from loader.analytics import Analytics, brute, for_store, userhours
 from loader.analytics.params import FunnelQuery, Range
 from loader.analytics.sqlite import MAX_RANGE_COUNT_BUCKETS
-from loader.stores.base import EventStore
+from loader.stores.base import EventStore, user_text
 from loader.stores.sqlite import SQLiteStore
 from tests.fixtures.store import MONGO_URI_ENV, make_id
 
@@ -110,14 +110,37 @@ class Backend:
     analytics: Analytics
 
 
+def load_with_tables(store: SQLiteStore, events: list[dict[str, Any]]) -> None:
+    """What the store's writer does once wired to the analytics tables: apply each batch's
+    new rows in the batch's transaction. Batches arrive in random order so that rows are
+    merged out of order, as after a replay of old segments."""
+    con = store._writer
+    assert con is not None
+    userhours.ensure_tables(con)
+    batches = [events[i:i + 300] for i in range(0, len(events), 300)]
+    random.Random(5).shuffle(batches)
+    for batch in batches:
+        store.insert_batch(batch)
+        con.execute("BEGIN IMMEDIATE")
+        userhours.apply_batch(con, [(int(e["id"]), e["event_type"], e["ts"],
+                                     user_text(e["params"].get("user_id"))) for e in batch])
+        con.execute("COMMIT")
+
+
 @pytest.fixture(scope="module",
-                params=["sqlite", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongo)])
+                params=["sqlite", "sqlite-tables", "mongomock",
+                        pytest.param("mongodb", marks=pytest.mark.mongo)])
 def backend(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     kind = request.param
     client: Any = None
-    if kind == "sqlite":
+    if kind.startswith("sqlite"):
         store: Any = SQLiteStore(tmp_path_factory.mktemp("analytics") / "events.db")
+        if kind == "sqlite-tables":
+            load_with_tables(store, EVENTS)
+            yield Backend(kind, store, for_store(store))
+            store.close()
+            return
     else:
         from loader.stores.mongo import MongoStore
 
@@ -486,3 +509,41 @@ def orjson_dumps(obj: Any) -> bytes:
     import orjson
 
     return orjson.dumps(obj)
+
+
+def test_tables_are_backfilled_from_a_store_that_had_none(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    try:
+        store.insert_batch(EVENTS)
+        assert store._writer is not None
+        assert not userhours.ready(store._writer)
+        assert userhours.ensure_tables(store._writer) == sum(
+            1 for e in EVENTS if user_text(e["params"].get("user_id")) is not None)
+        assert userhours.ready(store._writer)
+        assert userhours.ensure_tables(store._writer) == 0
+        a = for_store(store)
+        rng = RANGES["autumn-odd-bounds"]
+        steps = FUNNELS[0]
+        assert a.funnel(FunnelQuery(steps, 3600.0, rng)) == brute.funnel(
+            EVENTS, steps, 3600.0, rng.start, rng.end)
+        assert a.flows(ALL, None, 50) == brute.flows(EVENTS, ALL.start, ALL.end, 50)
+    finally:
+        store.close()
+
+
+def test_applying_the_same_rows_twice_changes_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    try:
+        load_with_tables(store, EVENTS)
+        con = store._writer
+        assert con is not None
+        before = con.execute("SELECT * FROM user_hours ORDER BY hour, user_id").fetchall()
+        flows = con.execute("SELECT * FROM hour_flows ORDER BY 1, 2, 3").fetchall()
+        con.execute("BEGIN IMMEDIATE")
+        userhours.apply_batch(con, [(int(e["id"]), e["event_type"], e["ts"],
+                                     user_text(e["params"].get("user_id"))) for e in EVENTS])
+        con.execute("COMMIT")
+        assert con.execute("SELECT * FROM user_hours ORDER BY hour, user_id").fetchall() == before
+        assert con.execute("SELECT * FROM hour_flows ORDER BY 1, 2, 3").fetchall() == flows
+    finally:
+        store.close()
