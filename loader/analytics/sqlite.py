@@ -147,23 +147,10 @@ def funnel(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any]:
 # --- from the analytics tables (loader/analytics/userhours.py) -------------------------------
 
 
-@dataclass(slots=True)
-class _Row:
-    """One user-hour: a whole hour read from user_hours, or the part of an edge hour that lies
-    inside the range (rebuilt from its seq)."""
-
-    user: str
-    hour: int
-    first_type: str
-    last_type: str
-    firsts: Any  # dict, or its JSON text until needed
-    seq: list[userhours.Entry] | None = None
-
-    def first_of(self, event_type: str) -> list[Any] | None:
-        if isinstance(self.firsts, str):
-            self.firsts = orjson.loads(self.firsts)
-        found: list[Any] | None = self.firsts.get(event_type)
-        return found
+Row = tuple[str, int, str, str, Any, Any]
+"""One user-hour: (user_id, hour, first_type, last_type, firsts, seq). A whole hour as read
+from user_hours has `firsts` as JSON text and seq None (read only if needed); the part of an
+edge hour inside the range has both as Python objects, rebuilt from its seq."""
 
 
 @dataclass(slots=True)
@@ -185,18 +172,19 @@ def _hours(rng: Range) -> _Hours:
 
 
 def _edge_rows(con: sqlite3.Connection, rng: Range, hours: _Hours
-               ) -> list[tuple[_Row, userhours.Summary]]:
+               ) -> list[tuple[Row, userhours.Summary]]:
     """The edge hours' rows cut to the range, with their summaries; empty cuts dropped."""
     if not hours.edges:
         return []
     marks = ", ".join("?" * len(hours.edges))
     out = []
     for hour, user, seq_text in con.execute(
-            f"SELECT hour, user_id, seq FROM user_hours WHERE hour IN ({marks})", hours.edges):
+            f"SELECT hour, user_id, seq FROM user_hour_events WHERE hour IN ({marks})",
+            hours.edges):
         seq = [e for e in orjson.loads(seq_text) if rng.start <= e[0] <= rng.end]
         if seq:
             s = userhours.summarize(seq)
-            out.append((_Row(user, hour, s.first_type, s.last_type, s.firsts, seq), s))
+            out.append(((user, hour, s.first_type, s.last_type, s.firsts, seq), s))
     return out
 
 
@@ -207,7 +195,7 @@ def users_from_tables(con: sqlite3.Connection, rng: Range, top: int) -> dict[str
                                "AND ? GROUP BY user_id", (hours.lo, hours.hi)):
         counts[user] += int(n)
     for row, s in _edge_rows(con, rng, hours):
-        counts[row.user] += s.n
+        counts[row[0]] += s.n
     return common.users_answer(counts.items(), top)
 
 
@@ -234,24 +222,30 @@ def uniques_from_tables(con: sqlite3.Connection, rng: Range, tz: ZoneInfo) -> di
            f"SELECT hour * 3600 + 900 * ({_LAST_Q}) AS t, user_id FROM user_hours "
            "WHERE hour BETWEEN ? AND ?))")
     seen: set[tuple[int, str]] = {(int(d), u) for d, u in con.execute(sql, args)}
-    for row, _ in _edge_rows(con, rng, hours):
-        for ts, _, _ in row.seq or ():
-            seen.add((common.day_number(common.local_seconds(ts, intervals)), row.user))
+    for (user, _, _, _, _, seq), _ in _edge_rows(con, rng, hours):
+        for ts, _, _ in seq:
+            seen.add((common.day_number(common.local_seconds(ts, intervals)), user))
     per_day = Counter(d for d, _ in seen)
     first = common.day_number(common.local_seconds(rng.start, intervals))
     last = common.day_number(common.local_seconds(rng.end, intervals))
     return common.uniques_answer(per_day, first, last)
 
 
-def _rows_in_range(con: sqlite3.Connection, rng: Range, hours: _Hours, columns: str
-                   ) -> tuple[list[_Row], list[tuple[_Row, userhours.Summary]]]:
+def _rows_in_range(con: sqlite3.Connection, rng: Range, hours: _Hours, firsts: bool
+                   ) -> tuple[list[Row], list[tuple[Row, userhours.Summary]]]:
     """Every user-hour of the range in (user, hour) order, and the edge ones apart."""
     edges = _edge_rows(con, rng, hours)
-    rows = [_Row(u, h, f, la, fi) for u, h, f, la, fi in con.execute(
-        f"SELECT {columns} FROM user_hours WHERE hour BETWEEN ? AND ?", (hours.lo, hours.hi))]
+    column = "firsts" if firsts else "NULL"
+    rows: list[Row] = con.execute(
+        f"SELECT user_id, hour, first_type, last_type, {column}, NULL FROM user_hours "
+        "WHERE hour BETWEEN ? AND ?", (hours.lo, hours.hi)).fetchall()
     rows.extend(r for r, _ in edges)
-    rows.sort(key=lambda r: (r.user, r.hour))
+    rows.sort(key=_user_hour)
     return rows, edges
+
+
+def _user_hour(row: Row) -> tuple[str, int]:
+    return row[0], row[1]
 
 
 def flows_from_tables(con: sqlite3.Connection, rng: Range, start: str | None,
@@ -268,17 +262,17 @@ def flows_from_tables(con: sqlite3.Connection, rng: Range, start: str | None,
     for a, b, n in con.execute("SELECT from_type, to_type, SUM(n) FROM hour_flows WHERE hour "
                                f"BETWEEN ? AND ?{start_sql} GROUP BY from_type, to_type", args):
         pairs[(a, b)] += int(n)
-    rows, edges = _rows_in_range(con, rng, hours, "user_id, hour, first_type, last_type, ''")
+    rows, edges = _rows_in_range(con, rng, hours, firsts=False)
     for _, s in edges:
         for (a, b), n in s.pairs.items():
             if start is None or a == start:
                 pairs[(a, b)] += n
-    prev: _Row | None = None
-    for row in rows:
-        if prev is not None and prev.user == row.user and (start is None
-                                                             or prev.last_type == start):
-            pairs[(prev.last_type, row.first_type)] += 1
-        prev = row
+    prev_user: str | None = None
+    prev_last = ""
+    for user, _, first_type, last_type, _, _ in rows:
+        if user == prev_user and (start is None or prev_last == start):
+            pairs[(prev_last, first_type)] += 1
+        prev_user, prev_last = user, last_type
     return common.flows_answer(((a, b, n) for (a, b), n in pairs.items() if n > 0), top)
 
 
@@ -287,28 +281,62 @@ def funnel_from_tables(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any
     type after the previous match is the row's `firsts` entry, except in the row of the
     previous match itself, where the row's seq is read (only then)."""
     hours = _hours(q.range)
-    rows, _ = _rows_in_range(con, q.range, hours,
-                             "user_id, hour, first_type, last_type, firsts")
+    rows, _ = _rows_in_range(con, q.range, hours, firsts=True)
     counts = [0] * len(q.steps)
     i = 0
     while i < len(rows):
         j = i
-        while j < len(rows) and rows[j].user == rows[i].user:
+        user = rows[i][0]
+        while j < len(rows) and rows[j][0] == user:
             j += 1
-        reached = _walk(con, rows[i:j], q.steps, q.window)
-        for k in range(reached):
+        for k in range(_walk(con, rows[i:j], q.steps, q.window)):
             counts[k] += 1
         i = j
     return common.funnel_answer(q.steps, counts)
 
 
-def _walk(con: sqlite3.Connection, rows: list[_Row], steps: tuple[str, ...],
+class _UserHours:
+    """One user's rows with their `firsts` parsed and `seq` read on first use."""
+
+    __slots__ = ("_con", "rows", "_firsts", "_seqs")
+
+    def __init__(self, con: sqlite3.Connection, rows: list[Row]) -> None:
+        self._con = con
+        self.rows = rows
+        self._firsts: dict[int, dict[str, list[Any]]] = {}
+        self._seqs: dict[int, list[userhours.Entry]] = {}
+
+    def first_of(self, i: int, event_type: str) -> list[Any] | None:
+        firsts = self._firsts.get(i)
+        if firsts is None:
+            raw = self.rows[i][4]
+            firsts = self._firsts[i] = orjson.loads(raw) if isinstance(raw, str) else raw
+        return firsts.get(event_type)
+
+    def next_after(self, i: int, event_type: str, after: list[Any]) -> list[Any] | None:
+        seq = self._seqs.get(i)
+        if seq is None:
+            user, hour, _, _, _, known = self.rows[i]
+            if known is None:
+                (text,) = self._con.execute(
+                    "SELECT seq FROM user_hour_events WHERE hour = ? AND user_id = ?",
+                    (hour, user)).fetchone()
+                known = orjson.loads(text)
+            seq = self._seqs[i] = known
+        for ts, id_, t in seq:
+            if t == event_type and (ts, id_) > (after[0], after[1]):
+                return [ts, id_]
+        return None
+
+
+def _walk(con: sqlite3.Connection, rows: list[Row], steps: tuple[str, ...],
           window: float) -> int:
     """Steps reached by one user whose user-hours are `rows` (hour order)."""
+    uh = _UserHours(con, rows)
     at = -1
     current: list[Any] = []
-    for i, row in enumerate(rows):
-        found = row.first_of(steps[0])
+    for i in range(len(rows)):
+        found = uh.first_of(i, steps[0])
         if found is not None:
             at, current = i, found
             break
@@ -318,12 +346,11 @@ def _walk(con: sqlite3.Connection, rows: list[_Row], steps: tuple[str, ...],
     for k in range(1, len(steps)):
         match: list[Any] | None = None
         for i in range(at, len(rows)):
-            row = rows[i]
-            if row.hour * HOUR > deadline:
+            if rows[i][1] * HOUR > deadline:
                 break
-            cand = row.first_of(steps[k])
+            cand = uh.first_of(i, steps[k])
             if cand is not None and (cand[0], cand[1]) <= (current[0], current[1]):
-                cand = _next_in_row(con, row, steps[k], current)
+                cand = uh.next_after(i, steps[k], current)
             if cand is None:
                 continue
             if cand[0] <= deadline:
@@ -333,19 +360,6 @@ def _walk(con: sqlite3.Connection, rows: list[_Row], steps: tuple[str, ...],
             return k
         current = match
     return len(steps)
-
-
-def _next_in_row(con: sqlite3.Connection, row: _Row, event_type: str,
-                 after: list[Any]) -> list[Any] | None:
-    if row.seq is None:
-        (text,) = con.execute("SELECT seq FROM user_hours WHERE hour = ? AND user_id = ?",
-                              (row.hour, row.user)).fetchone()
-        row.seq = orjson.loads(text)
-    for ts, id_, t in row.seq or ():
-        if t == event_type and (ts, id_) > (after[0], after[1]):
-            return [ts, id_]
-    return None
-
 
 def _empty() -> sqlite3.Connection:
     """An empty events table: the answer of a store whose file does not exist yet."""

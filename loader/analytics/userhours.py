@@ -12,7 +12,8 @@ What. `user_hours` holds, per (hour, user) with at least one event:
     quarters    bitmask of the 15-minute quarters of the hour with an event (bit q: quarter q)
     first_type, last_type   types of the first and the last of those events in (ts, id) order
     firsts      JSON {event_type: [ts, id]}: first event of each type in the hour
-    seq         JSON [[ts, id, event_type], ...]: all of them, in (ts, id) order
+and `user_hour_events` the events themselves, per (hour, user):
+    seq         JSON [[ts, id, event_type], ...] in (ts, id) order
 `hour_flows` holds, per (hour, from_type, to_type), the consecutive pairs of one user's events
 that lie inside one user-hour row. A pair that crosses hours is the last event of one row and
 the first of the user's next row: readers pair rows themselves (loader/analytics/sqlite.py).
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS user_hours (
   first_type TEXT NOT NULL,
   last_type TEXT NOT NULL,
   firsts TEXT NOT NULL,
+  PRIMARY KEY (hour, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_hour_events (
+  hour INTEGER NOT NULL,
+  user_id TEXT NOT NULL,
   seq TEXT NOT NULL,
   PRIMARY KEY (hour, user_id)
 ) WITHOUT ROWID;
@@ -67,6 +73,8 @@ CREATE TABLE IF NOT EXISTS hour_flows (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS analytics_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+"""`seq` lives in its own table: the readers scan user_hours for whole ranges, and rows that
+carried every event inline would make those scans read the events over again."""
 
 Entry = list[Any]
 """[ts, id, event_type] of one event in `seq`."""
@@ -121,7 +129,8 @@ def apply_batch(con: sqlite3.Connection,
         return
     flow_delta: Counter[tuple[int, str, str]] = Counter()
     upserts = []
-    select = "SELECT seq FROM user_hours WHERE hour = ? AND user_id = ?"
+    seqs = []
+    select = "SELECT seq FROM user_hour_events WHERE hour = ? AND user_id = ?"
     for (hour, user), new in groups.items():
         found = con.execute(select, (hour, user)).fetchone()
         old: list[Entry] = orjson.loads(found[0]) if found else []
@@ -135,10 +144,12 @@ def apply_batch(con: sqlite3.Connection,
         for (a, b), n in s.pairs.items():
             flow_delta[(hour, a, b)] += n
         upserts.append((hour, user, s.n, s.quarters, s.first_type, s.last_type,
-                        orjson.dumps(s.firsts).decode(), orjson.dumps(merged).decode()))
+                        orjson.dumps(s.firsts).decode()))
+        seqs.append((hour, user, orjson.dumps(merged).decode()))
     con.executemany("INSERT OR REPLACE INTO user_hours (hour, user_id, n, quarters, "
-                    "first_type, last_type, firsts, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    upserts)
+                    "first_type, last_type, firsts) VALUES (?, ?, ?, ?, ?, ?, ?)", upserts)
+    con.executemany("INSERT OR REPLACE INTO user_hour_events (hour, user_id, seq) "
+                    "VALUES (?, ?, ?)", seqs)
     con.executemany("INSERT INTO hour_flows (hour, from_type, to_type, n) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (hour, from_type, to_type) DO UPDATE SET n = n + excluded.n",
                     [(h, a, b, n) for (h, a, b), n in flow_delta.items() if n])
@@ -166,8 +177,8 @@ def ensure_tables(con: sqlite3.Connection) -> int:
         return 0
     con.execute("BEGIN IMMEDIATE")
     try:
-        con.execute("DELETE FROM user_hours")
-        con.execute("DELETE FROM hour_flows")
+        for table in ("user_hours", "user_hour_events", "hour_flows"):
+            con.execute(f"DELETE FROM {table}")
         # In ts order, so that each chunk touches few rows; the ts index gives that order.
         cur = con.execute("SELECT id, event_type, ts, user_id FROM events "
                           "WHERE user_id IS NOT NULL ORDER BY ts")

@@ -112,8 +112,10 @@ def test_kill_9_under_load_loses_no_acknowledged_event(start_server: Start, dura
     acked = {sid: mark for c in clients for sid, mark in c.acked.items()}
     assert len(acked) == sum(len(c.acked) for c in clients), "an id was acknowledged twice"
     assert len(acked) > 100, f"only {len(acked)} events were acknowledged before the kill"
-    unsealed = [s.path.name for s in read_segments(server.data_dir) if not s.sealed]
-    assert unsealed, "a killed server must have left its active segment(s) open"
+    # The kill must have been a crash, not a graceful stop (which seals and logs it). An open
+    # segment is usually left behind too, unless the kill fell between a roll and the next
+    # append, so that is not asserted.
+    assert "segments sealed" not in server.log()
 
     log_start = len(server.log())
     again = start_server(env=env, args=["--workers", str(workers)], data_dir=server.data_dir)
