@@ -292,8 +292,29 @@ def _cold_stop() -> None:
     raise SystemExit(1)
 
 
+def tune_malloc() -> None:
+    """Keep glibc from trimming and regrowing the heap on every large request.
+
+    A 100-event request allocates and frees a few hundred KiB; with glibc's dynamic
+    thresholds the freed top of the heap is given back to the kernel and faulted in again on
+    the next request, which measurably halved batch throughput. Fixed thresholds (trim above
+    64 MiB free, mmap only above 16 MiB) keep those pages; memory stays bounded by the
+    request size limits. Not glibc (musl, macOS): nothing to do.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_worker_process(cfg: Config, worker_index: int, ready_file: Path | None) -> int:
     import uvloop
 
+    tune_malloc()
     uvloop.run(serve_worker(cfg, worker_index, ready_file))
     return 0

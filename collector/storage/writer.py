@@ -16,9 +16,11 @@ doing it inline makes the file order equal the call order with no queue and no l
   tracks the disk's speed, not the request rate. When the pipeline is idle a job waits
   `fsync_max_delay` first so a burst can gather.
 
-Rolling (by size after an append, by age from `tick()`) in "os" mode seals inline. In "fsync"
-mode the loop thread only *detaches* the segment from the log (the next append opens a new one)
-and queues it; the next commit job seals it. The seal's own fsync covers every future still
+Rolling (by size after an append, by age from `tick()`): in both modes the loop thread only
+*detaches* the segment from the log (the next append opens a new one) and queues it; the next
+commit job seals it in the executor. Sealing fsyncs up to `roll_bytes` of dirty pages, which
+must not stall every connection of the worker (in "os" mode there are no waiters: the job only
+seals). The seal's own fsync covers every future still
 waiting on that segment. Thus one thread at a time ever syncs or closes a given descriptor, and
 no descriptor is closed while an fsync on it is running.
 
@@ -43,10 +45,8 @@ again and the next one opens a fresh segment.
 
 Known limits
 ------------
-* Sealing in "os" mode fsyncs on the loop thread: a stall of up to the time it takes to flush
-  whatever the kernel has not written back yet (the kernel writes back dirty pages after ~30 s,
-  so a 60 s roll usually finds little). Creating a segment fsyncs the directory inline too, and
-  so does the probe, which only runs after an error.
+* Creating a segment fsyncs the directory on the loop thread, and so does the probe, which
+  only runs after an error.
 * After an fsync error the bytes of the failed requests may still be in the file and be loaded;
   a client that retries them stores them twice unless it sends `event_id`.
 * The loader may read lines before their fsync completes; after a power loss it may therefore
@@ -194,7 +194,10 @@ class SegmentWriter:
         full = log.active is not None and log.active.size >= log.roll_bytes
         if not self._group_commit:
             if full:
-                self._seal_inline()
+                # Sealing fsyncs up to roll_bytes of dirty pages: done in a commit job, off
+                # the loop, so a roll does not stall every connection for that long.
+                self._retire_active()
+                self._schedule_commit()
             return None
         future: asyncio.Future[None] = self._loop.create_future()
         self._unsynced.append(future)
@@ -219,11 +222,8 @@ class SegmentWriter:
             return
         if not self._log.due_for_roll():
             return
-        if self._group_commit:
-            self._retire_active()
-            self._schedule_commit()
-        else:
-            self._seal_inline()
+        self._retire_active()
+        self._schedule_commit()
 
     async def close(self) -> None:
         """Stop accepting writes, wait for the commit in flight and seal the active segment.
@@ -235,9 +235,6 @@ class SegmentWriter:
             return
         self._closed = True
         self._available = False
-        if not self._group_commit:
-            self._seal_inline()
-            return
         if self._commit_handle is not None:
             self._commit_handle.cancel()
             self._commit_handle = None
@@ -252,18 +249,6 @@ class SegmentWriter:
             await asyncio.wait({self._job})
 
     # --- rolling ------------------------------------------------------------------------------
-
-    def _seal_inline(self) -> None:
-        """"os" mode: seal now, on the loop thread (no fsync can be in flight)."""
-        try:
-            sealed = self._log.seal_active()
-        except StorageUnavailable as exc:
-            # The request that triggered the roll is still acknowledged: its bytes are in the
-            # kernel, which is all "os" durability promises. The next writes are refused.
-            self._storage_failed(exc)
-            return
-        if sealed is not None:
-            self.segments_rolled += 1
 
     def _retire_active(self) -> None:
         """"fsync" mode: detach the active segment; the next commit job seals it."""

@@ -92,35 +92,39 @@ class Summary:
     pairs: Counter[tuple[str, str]]
 
 
+def pairs_of(seq: list[Entry]) -> Counter[tuple[str, str]]:
+    """Consecutive (type, next type) pairs of a sorted seq."""
+    types = [e[2] for e in seq]
+    return Counter(zip(types, types[1:], strict=False))
+
+
 def summarize(seq: list[Entry]) -> Summary:
+    """The row of a sorted, non-empty seq. Written with comprehensions rather than one loop:
+    this runs for every touched row of every batch the loader writes."""
     quarters = 0
-    firsts: dict[str, list[Any]] = {}
-    pairs: Counter[tuple[str, str]] = Counter()
-    prev: str | None = None
-    for ts, id_, event_type in seq:
-        quarters |= 1 << (math.floor(ts / QUARTER) % 4)
-        if event_type not in firsts:
-            firsts[event_type] = [ts, id_]
-        if prev is not None:
-            pairs[(prev, event_type)] += 1
-        prev = event_type
-    return Summary(len(seq), quarters, seq[0][2], seq[-1][2], firsts, pairs)
+    for q in {math.floor(e[0] / QUARTER) % 4 for e in seq}:
+        quarters |= 1 << q
+    # Reversed, so the first occurrence of each type is the one left in the dict.
+    firsts = {t: [ts, id_] for ts, id_, t in reversed(seq)}
+    return Summary(len(seq), quarters, seq[0][2], seq[-1][2], firsts, pairs_of(seq))
 
 
 def merge(old: list[Entry], new: list[Entry]) -> list[Entry]:
-    """`old` and `new` in (ts, id) order, an id present in both kept once."""
+    """`old` and `new` (both sorted) in (ts, id) order, an id present in both kept once.
+    Entries compare as lists: by ts, then by id, which is unique, so never by type."""
+    if not old or new[0] > old[-1]:
+        return old + new  # appended: live traffic, the common case
     known = {e[1] for e in old}
     merged = old + [e for e in new if e[1] not in known]
-    merged.sort(key=lambda e: (e[0], e[1]))
+    merged.sort()
     return merged
 
 
 def apply_batch(con: sqlite3.Connection,
                 rows: Iterable[tuple[int, str, float, str | None]]) -> None:
     """Fold newly inserted events into the tables. `rows` are (id, event_type, ts, user_id);
-    events without a user are skipped. Runs inside the caller's transaction and must see only
-    rows that were actually inserted (a replayed event would be counted twice in hour_flows
-    if it were not already deduplicated by id here)."""
+    events without a user are skipped. Runs inside the caller's transaction. Idempotent: an
+    event whose id a row already holds is ignored, so a replayed batch changes nothing."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
     for id_, event_type, ts, user in rows:
         if user is not None:
@@ -132,17 +136,22 @@ def apply_batch(con: sqlite3.Connection,
     seqs = []
     select = "SELECT seq FROM user_hour_events WHERE hour = ? AND user_id = ?"
     for (hour, user), new in groups.items():
+        new.sort()
         found = con.execute(select, (hour, user)).fetchone()
         old: list[Entry] = orjson.loads(found[0]) if found else []
-        merged = merge(old, new)
-        if len(merged) == len(old):
-            continue
-        s = summarize(merged)
-        if old:
-            for (a, b), n in summarize(old).pairs.items():
-                flow_delta[(hour, a, b)] -= n
-        for (a, b), n in s.pairs.items():
+        if old and new[0] > old[-1]:
+            merged = old + new
+            delta = pairs_of(new)
+            delta[(old[-1][2], new[0][2])] += 1
+        else:
+            merged = merge(old, new)
+            if len(merged) == len(old):
+                continue
+            delta = pairs_of(merged)
+            delta.subtract(pairs_of(old))
+        for (a, b), n in delta.items():
             flow_delta[(hour, a, b)] += n
+        s = summarize(merged)
         upserts.append((hour, user, s.n, s.quarters, s.first_type, s.last_type,
                         orjson.dumps(s.firsts).decode()))
         seqs.append((hour, user, orjson.dumps(merged).decode()))

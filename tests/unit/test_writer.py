@@ -129,7 +129,7 @@ async def test_os_mode_acknowledges_synchronously_without_threads(
     seg_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_threads(*args: Any) -> None:
-        raise AssertionError("os durability must not use the executor")
+        raise AssertionError("os durability must not use the executor to acknowledge")
 
     monkeypatch.setattr(asyncio.get_running_loop(), "run_in_executor", no_threads)
     writer = make_writer(seg_dir, FakeClock(), "os")
@@ -143,10 +143,17 @@ async def test_os_mode_acknowledges_synchronously_without_threads(
     assert writer.bytes_written == len(line(0) + line(1) + line(2))
 
 
-async def test_os_mode_rolls_by_size_inline(seg_dir: Path) -> None:
+async def test_os_mode_rolls_by_size_and_seals_off_the_loop(seg_dir: Path) -> None:
     writer = make_writer(seg_dir, FakeClock(), "os", roll_bytes=2 * len(line(0)))
     for n in range(5):
-        writer.write(line(n), snowflake(n))
+        assert writer.write(line(n), snowflake(n)) is None  # acknowledged at once
+    # The full segments are detached at once (new writes go to a new file) and sealed by a
+    # commit job in the executor, not on the loop thread.
+    assert [i.sealed for i in list_segments(seg_dir)] == [False, False, False]
+    for _ in range(100):
+        if writer.segments_rolled == 2:
+            break
+        await asyncio.sleep(0.01)
 
     infos = list_segments(seg_dir)
     assert [(i.first_id, i.sealed) for i in infos] == [
