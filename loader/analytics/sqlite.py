@@ -2,7 +2,8 @@
 
 Every function takes an open `sqlite3.Connection` (inside one read transaction, so all the
 statements of an answer see the same data) and returns the JSON-able answer. `SQLiteAnalytics`
-adapts them to an `loader.stores.sqlite.SQLiteStore`.
+adapts them to a `loader.stores.sqlite.SQLiteStore` and picks, per question, the cheapest
+source that gives the exact answer.
 
 Cost model, for 1M events inside the range (bench/analytics.py has the measurements):
 
@@ -12,10 +13,11 @@ Cost model, for 1M events inside the range (bench/analytics.py has the measureme
   table or sorting, which is several times cheaper than a GROUP BY over an expression of ts
   (that one needs a temporary B-tree). One bucket per hour: beyond MAX_RANGE_COUNT_BUCKETS
   (about 2.3 years) the per-bucket seeks cost more than one grouped scan, which is used then.
-* uniques, users, flows and funnel group by user. The schema has no index on user_id (it
-  would slow the loader down, see loader/stores/sqlite.py), so they scan the ts range and read
-  user_id from the table: cost linear in the events of the range, plus a sort for flows and
-  funnel (the window function of flows sorts by (user_id, ts, id)).
+* uniques, users, flows and funnel group by user. With the analytics tables (userhours.py:
+  one summary per user and UTC hour, kept by the loader) they read about (active users x
+  hours) summary rows: tens of milliseconds. Without them (a store that does not keep them,
+  or before their backfill) they scan the ts range of the events table, read user_id from
+  each row (there is no user index, see loader/stores/sqlite.py) and sort: seconds at 1M.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -145,6 +148,9 @@ def funnel(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any]:
 
 
 # --- from the analytics tables (loader/analytics/userhours.py) -------------------------------
+#
+# A range is cut into whole UTC hours, answered from the summaries (and hour_flows), and at
+# most two edge hours, answered from their events cut to the range; the two are then merged.
 
 
 Row = tuple[str, int, str, str, Any, Any]
@@ -173,18 +179,20 @@ def _hours(rng: Range) -> _Hours:
 
 def _edge_rows(con: sqlite3.Connection, rng: Range, hours: _Hours
                ) -> list[tuple[Row, userhours.Summary]]:
-    """The edge hours' rows cut to the range, with their summaries; empty cuts dropped."""
+    """The edge hours' user-hours cut to the range, with their summaries."""
     if not hours.edges:
         return []
     marks = ", ".join("?" * len(hours.edges))
+    seqs: dict[tuple[str, int], list[userhours.Entry]] = {}
+    for hour, user, ts, id_, event_type in con.execute(
+            "SELECT hour, user_id, ts, id, event_type FROM user_hour_events "
+            f"WHERE hour IN ({marks}) AND ts >= ? AND ts <= ? ORDER BY hour, user_id, ts, id",
+            (*hours.edges, rng.start, rng.end)):
+        seqs.setdefault((user, hour), []).append((ts, id_, event_type))
     out = []
-    for hour, user, seq_text in con.execute(
-            f"SELECT hour, user_id, seq FROM user_hour_events WHERE hour IN ({marks})",
-            hours.edges):
-        seq = [e for e in orjson.loads(seq_text) if rng.start <= e[0] <= rng.end]
-        if seq:
-            s = userhours.summarize(seq)
-            out.append(((user, hour, s.first_type, s.last_type, s.firsts, seq), s))
+    for (user, hour), seq in seqs.items():
+        s = userhours.summarize(seq)
+        out.append(((user, hour, s.first[2], s.last[2], s.firsts, seq), s))
     return out
 
 
@@ -194,8 +202,8 @@ def users_from_tables(con: sqlite3.Connection, rng: Range, top: int) -> dict[str
     for user, n in con.execute("SELECT user_id, SUM(n) FROM user_hours WHERE hour BETWEEN ? "
                                "AND ? GROUP BY user_id", (hours.lo, hours.hi)):
         counts[user] += int(n)
-    for row, s in _edge_rows(con, rng, hours):
-        counts[row[0]] += s.n
+    for row, summary in _edge_rows(con, rng, hours):
+        counts[row[0]] += summary.n
     return common.users_answer(counts.items(), top)
 
 
@@ -260,16 +268,13 @@ def flows_from_tables(con: sqlite3.Connection, rng: Range, start: str | None,
                                f"BETWEEN ? AND ?{start_sql} GROUP BY from_type, to_type", args):
         pairs[(a, b)] += int(n)
     rows, edges = _rows_in_range(con, rng, hours, firsts=False)
-    for _, s in edges:
-        for (a, b), n in s.pairs.items():
+    for row, _ in edges:
+        for (a, b), n in userhours.pairs_of(row[5]).items():
             if start is None or a == start:
                 pairs[(a, b)] += n
-    prev_user: str | None = None
-    prev_last = ""
-    for user, _, first_type, last_type, _, _ in rows:
-        if user == prev_user and (start is None or prev_last == start):
-            pairs[(prev_last, first_type)] += 1
-        prev_user, prev_last = user, last_type
+    # Consecutive rows of one user: a generator over zip keeps the loop in C mostly.
+    pairs.update((a[3], b[2]) for a, b in zip(rows, islice(rows, 1, None), strict=False)
+                 if a[0] == b[0] and (start is None or a[3] == start))
     return common.flows_answer(((a, b, n) for (a, b), n in pairs.items() if n > 0), top)
 
 
@@ -293,15 +298,14 @@ def funnel_from_tables(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any
 
 
 class _UserHours:
-    """One user's rows with their `firsts` parsed and `seq` read on first use."""
+    """One user's rows, their `firsts` parsed on first use."""
 
-    __slots__ = ("_con", "rows", "_firsts", "_seqs")
+    __slots__ = ("_con", "rows", "_firsts")
 
     def __init__(self, con: sqlite3.Connection, rows: list[Row]) -> None:
         self._con = con
         self.rows = rows
         self._firsts: dict[int, dict[str, list[Any]]] = {}
-        self._seqs: dict[int, list[userhours.Entry]] = {}
 
     def first_of(self, i: int, event_type: str) -> list[Any] | None:
         firsts = self._firsts.get(i)
@@ -311,19 +315,18 @@ class _UserHours:
         return firsts.get(event_type)
 
     def next_after(self, i: int, event_type: str, after: list[Any]) -> list[Any] | None:
-        seq = self._seqs.get(i)
-        if seq is None:
-            user, hour, _, _, _, known = self.rows[i]
-            if known is None:
-                (text,) = self._con.execute(
-                    "SELECT seq FROM user_hour_events WHERE hour = ? AND user_id = ?",
-                    (hour, user)).fetchone()
-                known = orjson.loads(text)
-            seq = self._seqs[i] = known
-        for ts, id_, t in seq:
-            if t == event_type and (ts, id_) > (after[0], after[1]):
-                return [ts, id_]
-        return None
+        """The first event of `event_type` after `after` in row i, or None."""
+        user, hour, _, _, _, seq = self.rows[i]
+        if seq is not None:  # an edge row, already cut to the range
+            for ts, id_, t in seq:
+                if t == event_type and (ts, id_) > (after[0], after[1]):
+                    return [ts, id_]
+            return None
+        found = self._con.execute(
+            "SELECT ts, id FROM user_hour_events WHERE hour = ? AND user_id = ? "
+            "AND (ts, id) > (?, ?) AND event_type = ? ORDER BY ts, id LIMIT 1",
+            (hour, user, after[0], after[1], event_type)).fetchone()
+        return None if found is None else [found[0], found[1]]
 
 
 def _walk(con: sqlite3.Connection, rows: list[Row], steps: tuple[str, ...],

@@ -537,13 +537,34 @@ def test_applying_the_same_rows_twice_changes_nothing(tmp_path: Path) -> None:
         load_with_tables(store, EVENTS)
         con = store._writer
         assert con is not None
-        before = con.execute("SELECT * FROM user_hours ORDER BY hour, user_id").fetchall()
-        flows = con.execute("SELECT * FROM hour_flows ORDER BY 1, 2, 3").fetchall()
+
+        def snapshot() -> list[Any]:
+            return [con.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+                    for t in ("user_hours", "user_hour_events", "hour_flows")]
+
+        before = snapshot()
+        assert len(before[1]) == sum(1 for e in EVENTS
+                                     if user_text(e["params"].get("user_id")) is not None)
         con.execute("BEGIN IMMEDIATE")
         userhours.apply_batch(con, [(int(e["id"]), e["event_type"], e["ts"],
                                      user_text(e["params"].get("user_id"))) for e in EVENTS])
         con.execute("COMMIT")
-        assert con.execute("SELECT * FROM user_hours ORDER BY hour, user_id").fetchall() == before
-        assert con.execute("SELECT * FROM hour_flows ORDER BY 1, 2, 3").fetchall() == flows
+        assert snapshot() == before
+    finally:
+        store.close()
+
+
+def test_tables_of_an_older_version_are_rebuilt(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    try:
+        con = store._writer
+        assert con is not None
+        store.insert_batch(EVENTS[:200])
+        userhours.ensure_tables(con)
+        con.execute("UPDATE analytics_meta SET value = '0'")
+        assert not userhours.ready(con)
+        assert userhours.ensure_tables(con) == sum(
+            1 for e in EVENTS[:200] if user_text(e["params"].get("user_id")) is not None)
+        assert userhours.ready(con)
     finally:
         store.close()
