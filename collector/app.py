@@ -231,7 +231,7 @@ async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socke
         sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
     worker.server = await loop.create_server(protocol_factory(state, loop), sock=sock,
                                              backlog=4096)
-    for s in worker.server.sockets:
+    for s in getattr(worker.server, "sockets", None) or []:
         with contextlib.suppress(OSError):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     worker.ticker = asyncio.create_task(_ticker(worker))
@@ -272,7 +272,8 @@ async def serve_worker(cfg: Config, worker_index: int, ready_file: Path | None =
     # supervisor's to act on: it sends SIGTERM in the right order.
     loop.add_signal_handler(signal.SIGINT, (lambda: None) if supervised else stop.set)
     worker = await start_worker(cfg, worker_index)
-    addr = worker.server.sockets[0].getsockname() if worker.server else ("?", 0)
+    sockets = getattr(worker.server, "sockets", None) or []
+    addr = sockets[0].getsockname() if sockets else ("?", 0)
     log.info("worker %d (snowflake worker %d) listening on %s:%s", worker_index,
              cfg.server.worker_id + worker_index, addr[0], addr[1])
     if ready_file is not None:

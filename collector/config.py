@@ -64,8 +64,8 @@ class Granularity:
 
 def _default_granularities() -> tuple[Granularity, ...]:
     return tuple(
-        Granularity(name=name, seconds=int(g["seconds"]), retention=int(g["retention"]),
-                    format=str(g["format"]))
+        Granularity(name=name, seconds=int(str(g["seconds"])),
+                    retention=int(str(g["retention"])), format=str(g["format"]))
         for name, g in defaults.GRANULARITIES.items()
     )
 

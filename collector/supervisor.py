@@ -29,6 +29,7 @@ from pathlib import Path
 from collector import __version__
 from collector.auth import ensure_read_token
 from collector.config import Config
+from collector.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Supervisor:
         self.config_file = config_file
         self.workers: list[Child] = []
         self.loader: Child | None = None
-        self.redis = None
+        self.redis: EmbeddedRedis | None = None
         self.stopping = 0
         self.port = cfg.server.port
 
@@ -122,8 +123,6 @@ class Supervisor:
         token, created = ensure_read_token(cfg)
         redis_url = cfg.redis.url
         if cfg.redis.enabled and not redis_url:
-            from collector.embedded_redis import EmbeddedRedis
-
             self.redis = EmbeddedRedis(cfg.data_path, cfg.run_path)
             self.redis.start()
             redis_url = self.redis.url
@@ -154,7 +153,8 @@ class Supervisor:
                 if (self.cfg.run_path / f"ready-{i}").exists():
                     pending.discard(i)
                 elif not self.workers[i].alive():
-                    code = self.workers[i].proc.returncode if self.workers[i].proc else None
+                    proc = self.workers[i].proc
+                    code = proc.returncode if proc is not None else None
                     self.stop()
                     raise SystemExit(f"worker {i} exited during startup (code {code}); "
                                      "see its log above")

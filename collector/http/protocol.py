@@ -118,7 +118,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self.transport = transport  # type: ignore[assignment]
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = t
         peer = transport.get_extra_info("peername")
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         state = self.state
@@ -136,7 +137,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         state.connections.add(self)
         state.metrics.inc("collector_connections_opened_total")
-        transport.set_write_buffer_limits(high=state.write_buffer_high)
+        t.set_write_buffer_limits(high=state.write_buffer_high)
         self._arm(_IDLE)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -267,7 +268,7 @@ class HttpProtocol(asyncio.Protocol):
         task.add_done_callback(lambda t: self._on_task_done(t, label))
 
     def _on_task_done(self, task: asyncio.Future[Response], label: str) -> None:
-        self.state.tasks.discard(task)  # type: ignore[arg-type]
+        self.state.tasks.discard(task)
         self.busy = False
         if task.cancelled():
             resp = error_response(503, "shutting_down", "the collector is stopping; retry",
