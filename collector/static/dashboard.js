@@ -10,6 +10,7 @@
   const TOKEN_KEY = "collector.readToken";
   const TZ_KEY = "collector.tz";
   const REFRESH_MS = 10000;
+  const ANALYTICS_EVERY = 6;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
   const DEFAULT_STEPS = ["page_view", "search", "add_to_cart", "checkout", "purchase"];
@@ -375,13 +376,18 @@
   }
 
   // --- refresh loop ---------------------------------------------------------------------------
-  async function refresh() {
+  // The real-time panels refresh every REFRESH_MS; the 7-day analytics, which move slowly and
+  // cost the store more, every ANALYTICS_EVERY refreshes (and at once on a manual refresh).
+  async function refresh(manual) {
     if (state.busy) return;
     state.busy = true;
     $("status").textContent = "refreshing…";
+    const jobs = [loadStats(), loadEvents()];
+    if (manual !== false || state.refreshes % ANALYTICS_EVERY === 0) {
+      jobs.push(loadUniques(), loadPeak(), loadFlows(), loadFunnel());
+    }
     try {
-      await Promise.allSettled([loadStats(), loadUniques(), loadPeak(), loadFlows(),
-                                loadFunnel(), loadEvents()]);
+      await Promise.allSettled(jobs);
     } finally {
       state.busy = false;
       state.refreshes += 1;
@@ -392,7 +398,7 @@
 
   function schedule() {
     clearInterval(state.timer);
-    state.timer = $("auto").checked ? setInterval(refresh, REFRESH_MS) : null;
+    state.timer = $("auto").checked ? setInterval(() => refresh(false), REFRESH_MS) : null;
   }
 
   function initZones() {
@@ -420,7 +426,7 @@
     $("funnel-add").addEventListener("click", () => addStep(""));
     $("funnel-form").addEventListener("submit", (e) => { e.preventDefault(); loadFunnel(); });
     $("token-form").addEventListener("submit", saveToken);
-    $("refresh").addEventListener("click", refresh);
+    $("refresh").addEventListener("click", () => refresh(true));
     $("auto").addEventListener("change", schedule);
     $("forget").addEventListener("click", () => {
       localStorage.removeItem(TOKEN_KEY);

@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS hour_flows (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS analytics_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-KEYS_PER_LOOKUP = 400
+ENTRIES_PER_LOOKUP = 200
 HOURS_PER_LOOKUP = 500
 """Summary rows are read for up to this many hours per statement (SQLite's default limit of
 bound parameters is 32766; this keeps statements short)."""
@@ -135,17 +135,19 @@ def appended(old: Summary, new: list[Entry]) -> Summary:
     return Summary(old.n + s.n, old.quarters | s.quarters, old.first, s.last, firsts)
 
 
-def merge(old: list[Entry], new: list[Entry]) -> list[Entry]:
-    """`old` and `new` (both sorted) in (ts, id) order, an id present in both kept once.
-    Entries compare as tuples: by ts, then by id, which is unique, so never by type."""
-    known = {e[1] for e in old}
-    merged = old + [e for e in new if e[1] not in known]
-    merged.sort()
-    return merged
+def inserted(old: Summary, new: list[Entry]) -> Summary:
+    """The summary of old's events with `new` (sorted, not known to old) among them."""
+    s = summarize(new)
+    firsts = dict(old.firsts)
+    for t, (ts, id_) in s.firsts.items():
+        known = firsts.get(t)
+        if known is None or (ts, id_) < (known[0], known[1]):
+            firsts[t] = [ts, id_]
+    return Summary(old.n + s.n, old.quarters | s.quarters, min(old.first, s.first),
+                   max(old.last, s.last), firsts)
 
 
 _KEY = itemgetter(0, 1)
-_ENTRY = itemgetter(2, 3, 4)
 _SUMMARY_COLUMNS = ("n, quarters, first_ts, first_id, first_type, last_ts, last_id, last_type, "
                     "firsts")
 
@@ -168,28 +170,109 @@ def _summaries(con: sqlite3.Connection, keys: Iterable[tuple[int, str]]
     return out
 
 
-def events_of(con: sqlite3.Connection, keys: list[tuple[int, str]]
-              ) -> dict[tuple[int, str], list[Entry]]:
-    """The stored events of each (hour, user) of `keys`, in order; one statement per
-    KEYS_PER_LOOKUP keys (a row-value IN list, each pair a primary-key range)."""
-    out: dict[tuple[int, str], list[Entry]] = {k: [] for k in keys}
-    for i in range(0, len(keys), KEYS_PER_LOOKUP):
-        chunk = keys[i:i + KEYS_PER_LOOKUP]
-        sql = ("SELECT hour, user_id, ts, id, event_type FROM user_hour_events "
-               f"WHERE (hour, user_id) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))}) "
-               "ORDER BY hour, user_id, ts, id")
-        rows = con.execute(sql, [x for k in chunk for x in k]).fetchall()
-        # C-level grouping and slicing: this reads every event of each late user-hour.
-        for key, group in groupby(rows, key=_KEY):
-            out[key] = list(map(_ENTRY, group))
+Late = tuple[int, str, float, int, str]
+"""(hour, user, ts, id, event_type) of an event landing before its user-hour's last one."""
+
+
+def _known_ids(con: sqlite3.Connection, late: list[Late]) -> set[int]:
+    """Ids of `late` already stored (a replay): one primary-key probe each, in SQL."""
+    known: set[int] = set()
+    for i in range(0, len(late), ENTRIES_PER_LOOKUP):
+        chunk = late[i:i + ENTRIES_PER_LOOKUP]
+        # A join, not `(hour, user_id, ts, id) IN (VALUES ...)`: SQLite 3.40 plans that IN
+        # as a scan of the whole table.
+        sql = (f"WITH n(hour, user_id, ts, id) AS "
+               f"(VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) "
+               "SELECT e.id FROM n JOIN user_hour_events e ON e.hour = n.hour "
+               "AND e.user_id = n.user_id AND e.ts = n.ts AND e.id = n.id")
+        known.update(r[0] for r in con.execute(sql, [x for e in chunk for x in e[:4]]))
+    return known
+
+
+_NEIGHBOUR = ("(SELECT json_array(e.id, e.event_type) FROM user_hour_events e "
+              "WHERE e.hour = n.hour AND e.user_id = n.user_id AND (e.ts, e.id) {op} (n.ts, n.id) "
+              "ORDER BY e.ts {order}, e.id {order} LIMIT 1)")
+_NEIGHBOURS_SQL = ", ".join(_NEIGHBOUR.format(op=op, order=order)
+                            for op, order in (("<", "DESC"), (">", "ASC")))
+
+
+def _neighbours(con: sqlite3.Connection, late: list[Late]
+                ) -> dict[int, tuple[int | None, str | None, int | None, str | None]]:
+    """For each late event, already inserted: the ids and types of the events just before
+    and just after it in its user-hour. Correlated subqueries, so each neighbour is one
+    index seek inside SQLite rather than a statement from Python."""
+    out: dict[int, tuple[int | None, str | None, int | None, str | None]] = {}
+    loads = orjson.loads
+    for i in range(0, len(late), ENTRIES_PER_LOOKUP):
+        chunk = late[i:i + ENTRIES_PER_LOOKUP]
+        sql = (f"WITH n(hour, user_id, ts, id) AS "
+               f"(VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) "
+               f"SELECT n.id, {_NEIGHBOURS_SQL} FROM n")
+        for id_, pred, succ in con.execute(sql, [x for e in chunk for x in e[:4]]):
+            pid, ptype = loads(pred) if pred is not None else (None, None)
+            sid, stype = loads(succ) if succ is not None else (None, None)
+            out[id_] = (pid, ptype, sid, stype)
     return out
+
+
+def _late_pairs(entries: list[Entry], new_ids: set[int],
+                near: dict[int, tuple[int | None, str | None, int | None, str | None]]
+                ) -> Counter[tuple[str, str]]:
+    """How the user-hour's pairs change when the sorted `entries` land among its events.
+
+    Every pair that ends or starts at a new event is new; it is counted once, from its first
+    event (`e -> successor`), plus `predecessor -> e` when the predecessor is old. Each run of
+    consecutive new events splits one old pair (its old predecessor -> its old successor),
+    which no longer exists.
+    """
+    delta: Counter[tuple[str, str]] = Counter()
+    run_pred: str | None = None
+    for _, id_, t in entries:
+        pid, ptype, sid, stype = near[id_]
+        starts_run = pid is None or pid not in new_ids
+        if starts_run:
+            run_pred = ptype
+            if ptype is not None:
+                delta[(ptype, t)] += 1
+        if stype is not None:
+            delta[(t, stype)] += 1
+            if sid not in new_ids and run_pred is not None:
+                delta[(run_pred, stype)] -= 1
+        if sid is None or sid not in new_ids:
+            run_pred = None
+    return delta
+
+
+_INSERT_EVENTS = ("INSERT INTO user_hour_events (hour, user_id, ts, id, event_type) "
+                  "VALUES (?, ?, ?, ?, ?)")
+
+
+def _insert_late(con: sqlite3.Connection, late: list[Late]) -> list[Late]:
+    """Insert the late events; those that were not stored yet. The common case (all new) is
+    told by the change counter, as the store does for its own inserts; a replay rolls back to
+    a savepoint and probes each id first."""
+    con.execute("SAVEPOINT late_events")
+    before = con.total_changes
+    con.executemany(_INSERT_EVENTS.replace("INSERT", "INSERT OR IGNORE", 1), late)
+    if con.total_changes - before != len(late):
+        con.execute("ROLLBACK TO late_events")
+        known = _known_ids(con, late)
+        late = [e for e in late if e[3] not in known]
+        con.executemany(_INSERT_EVENTS, late)
+    con.execute("RELEASE late_events")
+    return late
 
 
 def apply_batch(con: sqlite3.Connection,
                 rows: Iterable[tuple[int, str, float, str | None]]) -> None:
     """Fold newly inserted events into the tables. `rows` are (id, event_type, ts, user_id);
     events without a user are skipped. Runs inside the caller's transaction. Idempotent: an
-    event already in user_hour_events is ignored, so a replayed batch changes nothing."""
+    event already in user_hour_events is ignored, so a replayed batch changes nothing.
+
+    No user-hour's events are read back: events after the last one of their user-hour
+    (live traffic) extend its summary; the others (late) are inserted first and then asked
+    for their neighbours, which is all that changes in the pairs.
+    """
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
     for id_, event_type, ts, user in rows:
         if user is not None:
@@ -198,38 +281,36 @@ def apply_batch(con: sqlite3.Connection,
         return
     stored = _summaries(con, groups)
     flow_delta: Counter[tuple[int, str, str]] = Counter()
-    summaries = []
-    inserts = []
+    summaries: list[tuple[Any, ...]] = []
+    inserts: list[Late] = []
+    late: list[Late] = []
 
-    def record(hour: int, user: str, delta: Counter[tuple[str, str]], summary: Summary,
-               new: list[Entry]) -> None:
+    def record(key: tuple[int, str], delta: Counter[tuple[str, str]], summary: Summary) -> None:
         for (a, b), n in delta.items():
-            flow_delta[(hour, a, b)] += n
-        summaries.append((hour, user, *summary.values()))
-        inserts.extend((hour, user, ts, id_, t) for ts, id_, t in new)
+            if n:
+                flow_delta[(key[0], a, b)] += n
+        summaries.append((*key, *summary.values()))
 
-    late = []
     for key, new in groups.items():
         new.sort()
         old = stored.get(key)
         if old is None or new[0] > old.last:
-            # First events of this user-hour, or all after its last one: nothing to reread.
             delta = pairs_of(new)
             if old is not None:
                 delta[(old.last[2], new[0][2])] += 1
-            record(*key, delta, summarize(new) if old is None else appended(old, new), new)
+            record(key, delta, summarize(new) if old is None else appended(old, new))
+            inserts.extend((*key, ts, id_, t) for ts, id_, t in new)
         else:
-            late.append(key)
-    for key, before in events_of(con, late).items():
-        known = {e[1] for e in before}
-        new = [e for e in groups[key] if e[1] not in known]
-        if new:
-            merged = merge(before, new)
-            delta = pairs_of(merged)
-            delta.subtract(pairs_of(before))
-            record(*key, delta, summarize(merged), new)
-    con.executemany("INSERT OR IGNORE INTO user_hour_events (hour, user_id, ts, id, event_type) "
-                    "VALUES (?, ?, ?, ?, ?)", inserts)
+            late.extend((*key, ts, id_, t) for ts, id_, t in new)
+    con.executemany(_INSERT_EVENTS, inserts)
+    if late:
+        late = _insert_late(con, late)
+    if late:
+        near = _neighbours(con, late)
+        for key, group in groupby(late, key=_KEY):
+            entries = [(ts, id_, t) for _, _, ts, id_, t in group]
+            new_ids = {e[1] for e in entries}
+            record(key, _late_pairs(entries, new_ids, near), inserted(stored[key], entries))
     con.executemany(f"INSERT OR REPLACE INTO user_hours (hour, user_id, {_SUMMARY_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", summaries)
     con.executemany("INSERT INTO hour_flows (hour, from_type, to_type, n) VALUES (?, ?, ?, ?) "

@@ -29,8 +29,8 @@ from loader.stores.sqlite import SQLiteStore
 from tests.fixtures.store import MONGO_URI_ENV, make_id
 
 
-def utc(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+def utc(y: int, m: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return dt.datetime(y, m, d, h, mi, s, tzinfo=dt.UTC).timestamp()
 
 
 SPRING = utc(2024, 3, 10, 7)  # America/New_York 02:00 EST -> 03:00 EDT
@@ -568,3 +568,67 @@ def test_tables_of_an_older_version_are_rebuilt(tmp_path: Path) -> None:
         assert userhours.ready(con)
     finally:
         store.close()
+
+
+# --- incremental maintenance of the tables ----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EVENT = st.tuples(st.integers(0, 3 * 3600 - 1),  # ts within three hours
+                   st.sampled_from(["u1", "u2", None]),
+                   st.sampled_from(["a", "b", "c"]))
+
+
+def _tables(con: Any) -> list[Any]:
+    import orjson
+
+    out = [con.execute(f"SELECT * FROM {t} WHERE {cond} ORDER BY 1, 2, 3, 4").fetchall()
+           for t, cond in (("user_hours", "1"), ("user_hour_events", "1"),
+                           ("hour_flows", "n != 0"))]
+    # firsts is JSON: compare its content, not the order of its keys.
+    out[0] = [(*r[:-1], orjson.loads(r[-1])) for r in out[0]]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(_EVENT, min_size=1, max_size=40),
+       cuts=st.lists(st.integers(0, 40), max_size=6), seed=st.integers(0, 1000))
+def test_batches_in_any_order_build_the_same_tables(
+        events: list[tuple[int, str | None, str]], cuts: list[int], seed: int) -> None:
+    import sqlite3
+
+    # Equal timestamps on purpose: (ts, id) order must decide.
+    rows = [(i + 1, t, float(1_700_000_000 + ts // 7 * 7), u) for i, (ts, u, t) in
+            enumerate(events)]
+    shuffled = rows[:]
+    random.Random(seed).shuffle(shuffled)
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    built = []
+    for batches in ([rows], [shuffled[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]):
+        con = sqlite3.connect(":memory:", isolation_level=None)
+        con.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, event_type TEXT, ts REAL, "
+                    "user_id TEXT)")
+        userhours.ensure_tables(con)
+        for batch in batches:
+            con.execute("BEGIN")
+            userhours.apply_batch(con, batch)
+            con.execute("COMMIT")
+        # A replay of everything changes nothing.
+        con.execute("BEGIN")
+        userhours.apply_batch(con, rows)
+        con.execute("COMMIT")
+        built.append(_tables(con))
+        con.close()
+    assert built[0] == built[1]
+    # hour_flows holds exactly the consecutive pairs inside each user-hour.
+    expected: dict[tuple[int, str, str], int] = {}
+    by_key: dict[tuple[int, str], list[tuple[float, int, str]]] = {}
+    for id_, t, ts, u in rows:
+        if u is not None:
+            by_key.setdefault((int(ts // 3600), u), []).append((ts, id_, t))
+    for (hour, _), seq in by_key.items():
+        seq.sort()
+        for x, y in zip(seq, seq[1:], strict=False):
+            expected[(hour, x[2], y[2])] = expected.get((hour, x[2], y[2]), 0) + 1
+    assert {(h, a, b): n for h, a, b, n in built[1][2]} == expected

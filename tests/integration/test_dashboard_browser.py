@@ -31,8 +31,6 @@ from collector import gen
 from loader.analytics import brute
 from tests.fixtures.server import ServerProcess
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -210,6 +208,8 @@ return {
 """
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_dashboard_shows_the_collected_numbers(
         fed_server: tuple[ServerProcess, list[dict[str, Any]]],
         browser: Callable[[], Browser], tmp_path: Path) -> None:
@@ -261,6 +261,8 @@ def test_dashboard_shows_the_collected_numbers(
     assert all(url.startswith(page["origin"] + "/") for url in page["resources"])
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_token_is_kept_and_a_wrong_one_is_asked_again(
         start_server: Callable[..., ServerProcess], browser: Callable[[], Browser]) -> None:
     server = start_server(env={"COLLECTOR_LOADER_EMBEDDED": "true"})

@@ -16,8 +16,8 @@ from loader.analytics import params as P
 NOW = 1_750_000_000.0
 
 
-def utc(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+def utc(y: int, m: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return dt.datetime(y, m, d, h, mi, s, tzinfo=dt.UTC).timestamp()
 
 
 # --- from / to --------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_sessions_walk_the_purchase_funnel_with_drop_offs() -> None:
     sessions: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in evs:
         sessions[e["params"]["session_id"]].append(e)
-    reached = Counter()
+    reached: Counter[str] = Counter()
     for s in sessions.values():
         reached.update({e["event_type"] for e in s})
         types = [e["event_type"] for e in s]

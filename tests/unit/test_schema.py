@@ -608,11 +608,13 @@ def test_strings_with_newlines_and_separators_stay_on_one_line() -> None:
     assert [orjson.loads(x)["params"] for x in lines[:-1]] == [params] * 3
 
 
-def test_encode_batch_adds_int_id_and_received_at_to_each_event() -> None:
-    events = validate_batch([{"event_type": "a"}, {"event_type": "b", "event_id": "x"}], RA,
-                            LIMITS)
-    encode_batch(events, [7, 9], 1_700_000_000.5004)
-    assert [(e["id"], e["received_at"]) for e in events] == [(7, RA), (9, RA)]
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_encode_batch_adds_int_id_and_received_at_to_each_event(count: int) -> None:
+    raws = [{"event_type": "a"}, {"event_type": "b", "event_id": "x"}] * 3
+    events = validate_batch(raws[:count], RA, LIMITS)
+    ids = list(range(7, 7 + count))
+    encode_batch(events, ids, 1_700_000_000.5004)
+    assert [(e["id"], e["received_at"]) for e in events] == [(i, RA) for i in ids]
 
 
 def test_encode_batch_refuses_mismatched_lengths() -> None:
