@@ -132,7 +132,7 @@ class Ingest:
     def _store(self, events: list[dict[str, Any]], received_at: float,
                pixel: bool) -> Response | Awaitable[Response]:
         ctx = self.ctx
-        ids = ctx.ids.next_ids(len(events))
+        ids = ctx.ids.next_ids(len(events)) if len(events) > 1 else [ctx.ids.next_id()]
         data = encode_batch(events, ids, received_at)
         try:
             pending = ctx.writer.write(data, ids[0])
@@ -165,6 +165,8 @@ class Ingest:
         if pixel:
             return Response(200, PIXEL_GIF, "image/gif",
                             [("cache-control", "no-store, max-age=0")])
+        if len(ids) == 1:  # the common single-event request: no list to build
+            return Response(202, b'{"status":"accepted","accepted":1,"ids":["%d"]}' % ids[0])
         body = b'{"status":"accepted","accepted":%d,"ids":%s}' % (
             len(ids), orjson.dumps([str(i) for i in ids]))
         return Response(202, body)
