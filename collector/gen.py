@@ -21,8 +21,8 @@ back: Content-Length and chunked bodies, `Connection: close`, interim 1xx respon
 Accounting. An event is *sent* once its request has been written, *accepted* when the 202 says
 so (its `accepted` count), and *failed* otherwise (a 4xx/5xx, a reset, a timeout). Nothing is
 retried: a POST that timed out may have been stored, and a retry would count it twice in the
-real-time stats. A request is only re-sent on a fresh connection when the old connection was
-already closed before anything was written, which is always safe.
+real-time stats. When the server has closed a kept connection before the next request, that
+request simply goes out on a new one: nothing of it had been sent.
 """
 
 from __future__ import annotations
@@ -186,7 +186,9 @@ class EventModel:
             "platform": s.user.platform,
         }
         params.update(self._params(event_type, s))
-        return {"event_type": event_type, "ts": round(ts, 3) if rng.random() < 0.5 else int(ts),
+        # Half the clients send whole seconds, half milliseconds; neither may leave the range.
+        shown: float = round(ts, 3) if rng.random() < 0.5 else int(ts)
+        return {"event_type": event_type, "ts": min(max(shown, self.start), self.end),
                 "params": params}
 
     def _params(self, event_type: str, s: _Session) -> dict[str, Any]:

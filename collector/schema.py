@@ -42,7 +42,7 @@ import re
 from dataclasses import dataclass
 from itertools import islice
 from operator import itemgetter, lt
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -287,8 +287,8 @@ def _validate_all(
 
     The loop body is the per-event fast path, inline (no call per event), for the common
     event: a dict with event_type and non-null ts and params, nothing else, which a length
-    comparison proves. Any other shape is checked for unknown fields and event_id/sent_at,
-    which `_with_optional` handles. An int ts is compared with an int bound (an int/float comparison
+    comparison proves. Any other shape is checked for unknown fields, and event_id/sent_at go
+    to `_with_optional`. An int ts is compared with an int bound (an int/float comparison
     costs twice as much in CPython).
 
     Params depth: a params nested deeper than `max_depth` contains at least `max_depth`
@@ -360,10 +360,10 @@ def _check_depths(events: list[dict[str, Any]], max_depth: int) -> None:
     """Apply the depth limit to each event's params.
 
     The depth of a params is at most the number of `{` and `[` in its JSON (each container
-    writes one; brackets inside strings only add), and orjson counts that for a fraction of
-    what a Python walk over the values costs. Only a params with more brackets than
-    `max_depth` is walked. If orjson refuses the params (its own nesting limit is 255, well
-    past ours; or a non-JSON value from a direct caller) the walk decides.
+    writes one; brackets inside strings only add), and serializing it with orjson to count
+    them costs about half of a Python walk over even a small params. Only a params with more
+    brackets than `max_depth` is walked. If orjson refuses the params (its own nesting limit
+    is 255, well past ours; or a non-JSON value from a direct caller) the walk decides.
     """
     dumps = orjson.dumps
     for event in events:
@@ -425,7 +425,9 @@ def _with_optional(
     return event
 
 
-def _bad_correction(corrected: float, ts: float, sent_at: float, ra: float, upper: float) -> None:
+def _bad_correction(
+    corrected: float, ts: float, sent_at: float, ra: float, upper: float
+) -> NoReturn:
     skew = round(ra - sent_at, 3)
     if corrected < 0:
         where = "negative"
@@ -458,7 +460,7 @@ def _number(field: str, value: Any) -> int | float:
     )
 
 
-def _check_ts(field: str, value: float, ra: float, upper: float) -> None:
+def _check_ts(field: str, value: float, ra: float, upper: float) -> NoReturn:
     """Raise the message explaining why `value` failed `0 <= value <= upper`."""
     if value != value or value in (math.inf, -math.inf):
         raise BadEvent(f"{field} must be a finite number of UNIX seconds, got {value}")
@@ -493,13 +495,13 @@ def _check_text(field: str, value: str, max_chars: int) -> None:
     # of emoji sequences, or non-ASCII spaces. Those are fine.
 
 
-def _bad_event_type(value: Any) -> None:
+def _bad_event_type(value: Any) -> NoReturn:
     if value is None:
         raise BadEvent('event_type is required: a non-empty string such as "signup"')
     raise BadEvent(f'event_type must be a string such as "signup", not {_json_type(value)}')
 
 
-def _unknown_field(obj: dict[str, Any]) -> None:
+def _unknown_field(obj: dict[str, Any]) -> NoReturn:
     unknown = sorted(str(k) for k in obj if k not in ALLOWED_FIELDS)
     label = "unknown field" if len(unknown) == 1 else "unknown fields"
     names = ", ".join(repr(k) for k in unknown[:5])

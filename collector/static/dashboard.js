@@ -23,6 +23,7 @@
     timer: null,
     refreshes: 0,
     busy: false,
+    pending: false,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -379,8 +380,13 @@
   // The real-time panels refresh every REFRESH_MS; the 7-day analytics, which move slowly and
   // cost the store more, every ANALYTICS_EVERY refreshes (and at once on a manual refresh).
   async function refresh(manual) {
-    if (state.busy) return;
+    if (state.busy) {
+      // A full refresh asked for meanwhile (token saved, time zone changed) runs right after.
+      if (manual !== false) state.pending = true;
+      return;
+    }
     state.busy = true;
+    state.pending = false;
     $("status").textContent = "refreshing…";
     const jobs = [loadStats(), loadEvents()];
     if (manual !== false || state.refreshes % ANALYTICS_EVERY === 0) {
@@ -394,6 +400,7 @@
       document.body.dataset.refreshes = state.refreshes;
       $("status").textContent = "updated " + new Date().toLocaleTimeString();
     }
+    if (state.pending) refresh(true);
   }
 
   function schedule() {

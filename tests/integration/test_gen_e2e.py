@@ -74,7 +74,11 @@ def test_reg_sh_feeds_the_collector_and_analytics_agree(
                               auth=True)
     assert (status, doc) == (200, brute.peak_times(events, *week, ny))
     status, doc = server.json("GET", "/api/analytics/uniques?tz=Asia/Kolkata", auth=True)
-    assert (status, doc) == (200, brute.uniques(events, *week, ZoneInfo("Asia/Kolkata")))
+    # A local midnight between `now` and the request would shift the list of days by one.
+    assert status == 200
+    later = time.time()
+    assert doc in [brute.uniques(events, t - 7 * 86400, t, ZoneInfo("Asia/Kolkata"))
+                   for t in (now, later)]
     status, doc = server.json("GET", "/api/analytics/users?top=5", auth=True)
     assert (status, doc) == (200, brute.users(events, *week, 5))
     status, doc = server.json("GET", "/api/analytics/flows?start=search", auth=True)

@@ -102,8 +102,8 @@ def test_exact_total_and_the_same_events_for_the_same_seed() -> None:
     assert a != events(500, seed=4)
 
 
-def test_every_ts_within_start_and_end() -> None:
-    start, end = NOW - 3600, NOW
+@pytest.mark.parametrize("start, end", [(NOW - 3600, NOW), (NOW - 100.0004, NOW - 99.9996)])
+def test_every_ts_within_start_and_end(start: float, end: float) -> None:
     evs = events(3000, start=start, end=end)
     assert all(start <= e["ts"] <= end for e in evs)
 
