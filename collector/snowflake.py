@@ -52,6 +52,8 @@ MAX_TIME = (1 << 41) - 1
 """Largest representable millisecond offset from EPOCH_MS."""
 MAX_ID = (1 << 63) - 1
 
+_EXHAUSTED = "cannot mint id: the 41-bit Snowflake time field is exhausted"
+
 REGRESS_WARNING_INTERVAL = 60.0
 """Seconds (monotonic) between two clock-regression warnings of one generator."""
 
@@ -78,7 +80,9 @@ class SnowflakeGenerator:
                  "datacenter_id", "worker_id")
 
     def __init__(self, datacenter_id: int, worker_id: int, clock: Clock) -> None:
-        """Args:
+        """A generator for one node.
+
+        Args:
             datacenter_id: 0..31, from configuration.
             worker_id: 0..31, distinct for every process sharing the datacenter id.
             clock: source of wall-clock milliseconds (and monotonic time for log throttling).
@@ -113,7 +117,7 @@ class SnowflakeGenerator:
         now = self._clock.wall_ms() - EPOCH_MS
         if now > self._ms:
             if now > MAX_TIME:
-                raise OverflowError("cannot mint id: the 41-bit Snowflake time field is exhausted")
+                raise OverflowError(_EXHAUSTED)
             self._ms = now
             self._seq = 0
         else:
@@ -121,6 +125,8 @@ class SnowflakeGenerator:
                 self._regressed(now)
             seq = self._seq + 1
             if seq > MAX_SEQUENCE:
+                if self._ms >= MAX_TIME:
+                    raise OverflowError(_EXHAUSTED)
                 self._ms += 1
                 seq = 0
             self._seq = seq
@@ -145,7 +151,7 @@ class SnowflakeGenerator:
         ms = self._ms
         if now > ms:
             if now > MAX_TIME:
-                raise OverflowError("cannot mint id: the 41-bit Snowflake time field is exhausted")
+                raise OverflowError(_EXHAUSTED)
             ms = now
             seq = 0
         else:
@@ -164,6 +170,8 @@ class SnowflakeGenerator:
         ids: list[int] = []
         while n:
             if seq > MAX_SEQUENCE:
+                if ms >= MAX_TIME:
+                    raise OverflowError(_EXHAUSTED)
                 ms += 1
                 seq = 0
             take = min(n, MAX_SEQUENCE + 1 - seq)

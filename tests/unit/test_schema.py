@@ -237,6 +237,13 @@ def test_extremely_deep_params_are_rejected_without_recursion_errors() -> None:
     assert "nested" in reason({"event_type": "a", "params": nested(100_000)})
 
 
+def test_many_shallow_containers_are_not_mistaken_for_depth() -> None:
+    params = {f"k{i}": [{}, {"x": []}] for i in range(40)}  # 160 brackets, depth 4
+    assert valid({"event_type": "a", "params": params})["params"] == params
+    body = orjson.dumps([{"event_type": "a", "params": params}] * 3)
+    assert len(validate_batch(orjson.loads(body), RA, LIMITS, body=body)) == 3
+
+
 def test_deep_branch_after_shallow_siblings_is_found() -> None:
     params = {"a": [1, {"b": 2}], "c": {}, "deep": nested(32)}
     assert "nested" in reason({"event_type": "a", "params": params})
@@ -516,6 +523,11 @@ def test_ndjson_bad_line_is_reported_by_its_line_number() -> None:
 def test_ndjson_line_that_is_not_an_object_is_reported() -> None:
     with pytest.raises(BadEvent, match="^line 2 is an array"):
         parse_body(b'{"event_type": "a"}\n[1, 2]\n')
+
+
+def test_lines_whose_first_is_not_an_object_are_reported_as_invalid_json() -> None:
+    with pytest.raises(BadEvent, match="^body is not valid JSON: unexpected content"):
+        parse_body(b'[{"event_type": "a"}]\n{"event_type": "b"}\n')
 
 
 def test_broken_pretty_printed_object_is_reported_at_its_position_not_as_ndjson() -> None:

@@ -66,6 +66,10 @@ def test_ids_fit_a_signed_64_bit_column_until_the_time_field_runs_out() -> None:
     for _ in range(MAX_SEQUENCE + 1):
         snowflake = gen.next_id()
     assert snowflake == 2**63 - 1
+    with pytest.raises(OverflowError, match="time field is exhausted"):
+        gen.next_id()  # no millisecond left to borrow
+    with pytest.raises(OverflowError, match="time field is exhausted"):
+        gen.next_ids(2)
     clock.advance(0.001)
     with pytest.raises(OverflowError, match="time field is exhausted"):
         gen.next_id()
