@@ -11,9 +11,9 @@ file may still grow:
                        torn if that process crashed
     <id>.ndjson        sealed: fsynced, immutable, every line complete
 
-`Segment.create` opens the file with O_EXCL|O_APPEND and fsyncs the directory, so the name
-itself survives power loss. `append` hands one request's worth of lines to the kernel with a
-single write (retrying short writes), and `seal` makes the file durable and immutable:
+`Segment.create` opens the file with O_EXCL|O_APPEND; its first fsync syncs the directory, so
+the name itself survives power loss. `append` hands one request's worth of lines to the kernel
+with a single write (retrying short writes), and `seal` makes the file durable and immutable:
 fsync, close, rename to the sealed name, fsync the directory.
 
 Invariants
@@ -116,7 +116,8 @@ class Segment:
     segment is no longer appended to) on the same descriptor.
     """
 
-    __slots__ = ("directory", "first_id", "path", "opened_at", "_fd", "_size", "_ops")
+    __slots__ = ("directory", "first_id", "path", "opened_at", "_fd", "_size", "_ops",
+                 "_dir_synced")
 
     def __init__(
         self, directory: Path, first_id: int, fd: int, opened_at: float, ops: FileOps
@@ -129,6 +130,7 @@ class Segment:
         self._fd = fd
         self._size = 0
         self._ops = ops
+        self._dir_synced = False
 
     @classmethod
     def create(
@@ -137,8 +139,11 @@ class Segment:
         """Create `<first_id>.ndjson.open` in `directory` and open it for appending.
 
         O_EXCL because an existing file with that name means an id was minted twice, and
-        appending to it would interleave two writers; the directory fsync makes the new name
-        survive power loss, so an acknowledged event is never in a file nobody can find.
+        appending to it would interleave two writers. The directory is not fsynced here, on
+        the event loop (with a busy disk a directory fsync waits for a journal commit, a stall
+        of every connection); the first `fsync()` of the segment syncs the directory too, off
+        the loop, so in "fsync" durability no acknowledged event is in a name that could be
+        lost, and `seal()` syncs it after the rename.
 
         Raises:
             StorageUnavailable: the directory is missing or not writable, the disk is full, or
@@ -149,13 +154,6 @@ class Segment:
             fd = os.open(path, _CREATE_FLAGS, _FILE_MODE)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create segment {path}: {_describe(exc)}") from exc
-        try:
-            fsync_dir(directory)
-        except OSError as exc:
-            os.close(fd)
-            raise StorageUnavailable(
-                f"cannot sync directory {directory}: {_describe(exc)}"
-            ) from exc
         return cls(directory, first_id, fd, clock.monotonic(), ops)
 
     @property
@@ -234,6 +232,9 @@ class Segment:
         try:
             self._ops.fsync(fd)
             nlink = os.fstat(fd).st_nlink
+            if not self._dir_synced and nlink:
+                fsync_dir(self.directory)  # the new name too (see create)
+                self._dir_synced = True
         except OSError as exc:
             raise StorageUnavailable(f"cannot fsync segment {self.path}: {_describe(exc)}") from exc
         if nlink == 0:
