@@ -6,23 +6,13 @@ processes write into one directory, each its own files, so IDs only increase wit
 The position names the segment by its first ID and counts the bytes of whole lines already
 loaded from it.
 
-Invariant: a position is never durable ahead of the events before it, so it never points past
-a committed event. It may point before some; the replay of those lines inserts nothing because
-the store is idempotent on the Snowflake ID. Two places keep it:
-
-- `StoreCheckpoint`: in the event store itself, written in the transaction that inserts the
-  batch (the SQLite store's loader_position table). Events and position commit or vanish
-  together, whatever the crash, so the store needs no fsync per commit (see
-  loader/stores/sqlite.py, "Durability").
-- `Checkpoint`: a JSON file beside the data, for stores without such transactions (MongoDB).
-  It is replaced only after the batch is committed. Replacement is atomic (write a temporary
-  file, fsync it, rename it over the old one): a reader sees the old position or the new one,
-  never a torn file. The directory is not fsynced after the rename: if a power loss forgets the
-  rename, the old position comes back, and replaying from an older position is always safe;
-  that saves one fsync per batch.
-
-Both offer the same methods to the daemon: `load`, `save` (positions alone), `commit` (a batch
-and the positions after it), `sync` and `describe`.
+Invariant: the file is replaced only after the batch it describes is committed to the store, so
+it never points past a committed event; it may point before some (a crash between the commit
+and the rename), and the replay of those lines inserts nothing because the store is idempotent
+on the Snowflake ID. Replacement is atomic (write a temporary file, fsync it, rename it over the
+old one): a reader sees the old position or the new one, never a torn file. The directory is
+not fsynced after the rename: if a power loss forgets the rename, the old position comes back,
+and replaying from an older position is always safe; that saves one fsync per batch.
 """
 
 from __future__ import annotations
@@ -31,12 +21,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
-
-if TYPE_CHECKING:
-    from loader.stores.base import EventStore
 
 StreamKey = tuple[int, int]
 """(datacenter, worker) of a segment stream."""
@@ -75,20 +61,6 @@ class Checkpoint:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-
-    def describe(self) -> str:
-        return str(self.path)
-
-    def commit(self, store: EventStore, events: list[dict[str, Any]],
-               positions: Mapping[StreamKey, Position]) -> int:
-        """Insert the batch, then save the positions after it: the file never runs ahead of
-        the store. Returns how many events were new."""
-        inserted = store.insert_batch(events) if events else 0
-        self.save(positions)
-        return inserted
-
-    def sync(self) -> None:
-        """Nothing to do: each save is fsynced, and it only follows commits of the store."""
 
     def load(self) -> dict[StreamKey, Position]:
         """The saved positions; empty when there is no file yet.
@@ -136,46 +108,3 @@ class Checkpoint:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-
-
-@runtime_checkable
-class PositionStore(Protocol):
-    """An event store that keeps the loader's positions in its own transactions."""
-
-    def insert_batch(self, events: list[dict[str, Any]], *,
-                     positions: Mapping[StreamKey, Position] | None = None) -> int: ...
-
-    def load_positions(self) -> dict[StreamKey, Position]: ...
-
-    def save_positions(self, positions: Mapping[StreamKey, Position]) -> None: ...
-
-    def sync(self) -> None: ...
-
-
-class StoreCheckpoint:
-    """The positions kept by the event store, committed with each batch (module docstring)."""
-
-    def __init__(self, store: PositionStore, where: str) -> None:
-        self.store = store
-        self._where = where
-
-    def describe(self) -> str:
-        return self._where
-
-    def load(self) -> dict[StreamKey, Position]:
-        return self.store.load_positions()
-
-    def save(self, positions: Mapping[StreamKey, Position]) -> None:
-        self.store.save_positions(positions)
-
-    def commit(self, store: object, events: list[dict[str, Any]],
-               positions: Mapping[StreamKey, Position]) -> int:
-        """Insert the batch and the positions after it in one transaction. `store` must be
-        the store this checkpoint lives in."""
-        if store is not self.store:
-            raise ValueError("cannot commit: the positions live in another store")
-        return self.store.insert_batch(events, positions=positions)
-
-    def sync(self) -> None:
-        """Make the committed batches and positions survive a power loss."""
-        self.store.sync()

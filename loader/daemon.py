@@ -1,33 +1,29 @@
 """The loader daemon: tail the segments, insert in batches, checkpoint, apply retention.
 
 Theory of operation. One pass (`run_once`) repeats: read up to `loader.batch_size` whole lines
-after the committed positions (tailer.Tailer), parse them, and commit them with the positions
-after those lines (checkpoint: the SQLite store writes events, daily_stats and positions in one
-transaction; for MongoDB the positions file is replaced only after the insert). `run` repeats
-passes, sleeping `loader.poll_interval` when a pass found nothing, so new lines and new
-segments are picked up without a restart.
+after the committed positions (tailer.Tailer), parse them, insert them in one store batch
+(which also updates daily_stats), and only then save the positions after those lines
+(checkpoint.Checkpoint). `run` repeats passes, sleeping `loader.poll_interval` when a pass found
+nothing, so new lines and new segments are picked up without a restart.
 
-Exactly once, effectively: the positions are never durable ahead of the events before them,
-and the store ignores an event whose Snowflake id (or client event_id) it already holds, so a
-crash anywhere (even SIGKILL between MongoDB's insert and the positions file) costs at most the
-replay of one batch and loads nothing twice.
+Exactly once, effectively: the checkpoint never runs ahead of the store, and the store ignores
+an event whose Snowflake id (or client event_id) it already holds, so a crash anywhere (even
+SIGKILL between the commit and the checkpoint) costs at most the replay of one batch and loads
+nothing twice.
 
 Stopping. The first SIGTERM/SIGINT is a warm stop: the batch in progress is finished and
 checkpointed, then the loop ends and `main` returns 0. A second signal is a cold stop: it raises
 SystemExit at once; the open transaction is rolled back and the batch is replayed next time.
 
-Bad lines. A line that is not an event (is_event: a JSON object with id, event_type and ts,
-optional fields of the right types) cannot be loaded by any retry, so it is counted
-(loader_bad_lines_total), logged and skipped rather than wedging the stream. A failing store
-(locked, disk full, MongoDB down) is the opposite: the batch is retried from the same positions
-with a growing pause, and errors are counted.
+Bad lines. A line that is not a JSON object with id, event_type and ts cannot be loaded by any
+retry, so it is counted (loader_bad_lines_total), logged and skipped rather than wedging the
+stream. A failing store (locked, disk full, MongoDB down) is the opposite: the batch is retried
+from the same positions with a growing pause, and errors are counted.
 
 Retention. Sealed segments that are fully loaded (entirely behind the committed position of
 their stream: the stream has moved on to a later segment) and whose modification time is older
 than `loader.retention_days` are deleted; `.open` files, anything not yet committed, and the
-segment a stream's position is in are never touched. Before the first deletion of a sweep the
-store's commits are made durable (checkpoint.sync): a segment must not go while a power loss
-could still take back the batches loaded from it.
+segment a stream's position is in are never touched.
 """
 
 from __future__ import annotations
@@ -47,21 +43,14 @@ import orjson
 from collector.clock import Clock, SystemClock
 from collector.config import Config
 from collector.metrics import Metrics, merge_snapshots, render
-from loader.checkpoint import (
-    Checkpoint,
-    Position,
-    PositionStore,
-    StoreCheckpoint,
-    StreamKey,
-    stream_name,
-)
+from loader.checkpoint import Checkpoint, Position, StreamKey, stream_name
 from loader.lock import LoaderLock, LockHeld
 from loader.metrics_http import MetricsServer
 from loader.status import read_status, status_path, write_status
 from loader.stores.base import Event, EventStore, open_store
 from loader.tailer import Tailer, scan
 
-__all__ = ["EXIT_LOCKED", "LoaderDaemon", "checkpoint_path", "is_event", "main", "parse_lines",
+__all__ = ["EXIT_LOCKED", "LoaderDaemon", "checkpoint_path", "main", "parse_lines",
            "read_status"]
 
 log = logging.getLogger(__name__)
@@ -77,117 +66,39 @@ MAX_BACKOFF = 30.0
 
 
 def checkpoint_path(cfg: Config) -> Path:
-    """The positions file of a store that cannot keep them (MongoDB). One per backend:
-    switching from SQLite to MongoDB loads everything again into the new store instead of
-    believing it is already there."""
+    """One checkpoint per backend: switching from SQLite to MongoDB loads everything again
+    into the new store instead of believing it is already there."""
     return cfg.data_path / "loader" / f"checkpoint.{cfg.store.backend}.json"
-
-
-def default_checkpoint(cfg: Config, store: EventStore) -> Checkpoint | StoreCheckpoint:
-    """Positions in the store when it can keep them in its batch transactions (SQLite),
-    else in the JSON file of checkpoint_path."""
-    if isinstance(store, PositionStore):
-        return StoreCheckpoint(store, f"{describe_store(cfg)}, table loader_position")
-    return Checkpoint(checkpoint_path(cfg))
 
 
 def snowflake_seconds(snowflake: int) -> float:
     return ((snowflake >> 22) + SNOWFLAKE_EPOCH_MS) / 1000.0
 
 
-_MAX_ID = "9223372036854775807"
-"""2**63 - 1: the largest Snowflake (and SQLite integer)."""
-_INT64 = 1 << 63
-
-
-def _is_number(x: Any) -> bool:
-    """An int or float that a store can hold: bools are not numbers here, and integers
-    must fit in 64 signed bits (orjson parses up to 2**64 - 1)."""
-    return type(x) is float or (type(x) is int and -_INT64 <= x < _INT64)
-
-
-def _is_id(i: Any) -> bool:
-    """A Snowflake as a segment line carries it: ASCII decimal digits of an int64, or an int
-    (str.isdigit alone accepts other scripts' digits, which int() accepts but SQLite does not)."""
-    if type(i) is str:
-        return (i.isascii() and i.isdigit()
-                and (len(i) < len(_MAX_ID) or (len(i) == len(_MAX_ID) and i <= _MAX_ID)))
-    return type(i) is int and 0 <= i < _INT64
-
-
-def is_event(e: Any) -> bool:
-    """Whether a parsed segment line is an event every store can load: a JSON object with `id`
-    (see _is_id), `event_type` (a string) and a numeric `ts`; and when present, `params` an
-    object (or null), `received_at` and `sent_at` numbers, `event_id` a string (or null).
-
-    The optional fields are checked because a value of the wrong type would fail the store's
-    insert on every retry and wedge the loader; the collector never writes one.
-    """
-    if type(e) is not dict or not _is_id(e.get("id")) or type(e.get("event_type")) is not str:
-        return False
-    if not _is_number(e.get("ts")):
-        return False
-    params = e.get("params")
-    if params is not None and type(params) is not dict:
-        return False
-    received_at = e.get("received_at")
-    if received_at is not None and not _is_number(received_at):
-        return False
-    sent_at = e.get("sent_at")
-    if sent_at is not None and not _is_number(sent_at):
-        return False
-    event_id = e.get("event_id")
-    return event_id is None or type(event_id) is str
-
-
 def parse_lines(lines: list[bytes]) -> tuple[list[Event], int]:
-    """Events parsed from segment lines, and how many lines were not valid events (is_event).
-    Blank lines are skipped without counting them as bad.
+    """Events parsed from segment lines, and how many lines were not valid events.
 
-    The common batch is parsed by one `map(orjson.loads)` and checked by the loop below, whose
-    first test accepts the line shape the collector writes (five fields, a 19-digit id) in a few
-    type checks; anything else, and a batch holding a line that is not JSON, take the careful
-    path. Both paths accept exactly the events is_event accepts.
+    Valid: a JSON object with `id` (decimal string or int), `event_type` (string) and a
+    numeric `ts`. Blank lines are skipped without counting them as bad.
     """
-    try:
-        parsed = list(map(orjson.loads, lines))
-    except orjson.JSONDecodeError:
-        return _parse_each(lines)
-    events: list[Event] = []
-    append = events.append
-    bad = 0
-    for e in parsed:
-        if type(e) is dict and len(e) == 5:
-            i = e.get("id")
-            ts = e.get("ts")
-            received_at = e.get("received_at")
-            if (type(i) is str and len(i) == 19 and i <= _MAX_ID and i.isascii() and i.isdigit()
-                    and type(e.get("event_type")) is str and type(e.get("params")) is dict
-                    and (type(ts) is float or _is_number(ts))
-                    and (type(received_at) is float or _is_number(received_at))):
-                append(e)
-                continue
-        if is_event(e):
-            append(e)
-        else:
-            bad += 1
-    return events, bad
-
-
-def _parse_each(lines: list[bytes]) -> tuple[list[Event], int]:
+    loads = orjson.loads
     events: list[Event] = []
     bad = 0
     for line in lines:
         try:
-            e = orjson.loads(line)
+            e = loads(line)
         except orjson.JSONDecodeError:
             if line.strip():
                 bad += 1
             continue
-        if is_event(e):
-            events.append(e)
-        else:
-            bad += 1
+        if type(e) is dict:
+            i = e.get("id")
+            ts = e.get("ts")
+            if ((type(i) is str and i.isdigit()) or type(i) is int) and type(
+                    e.get("event_type")) is str and type(ts) in (int, float):
+                events.append(e)
+                continue
+        bad += 1
     return events, bad
 
 
@@ -195,14 +106,13 @@ class LoaderDaemon:
     """See the module docstring. Runs in one thread; `stop()` may be called from any."""
 
     def __init__(self, cfg: Config, store: EventStore, clock: Clock, *,
-                 metrics: Metrics | None = None,
-                 checkpoint: Checkpoint | StoreCheckpoint | None = None,
+                 metrics: Metrics | None = None, checkpoint: Checkpoint | None = None,
                  tailer: Tailer | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
-        self.checkpoint = checkpoint or default_checkpoint(cfg, store)
+        self.checkpoint = checkpoint or Checkpoint(checkpoint_path(cfg))
         self.tailer = tailer or Tailer(cfg.segments_path, clock)
         self.positions: dict[StreamKey, Position] = self.checkpoint.load()
         self._stop = threading.Event()
@@ -241,7 +151,7 @@ class LoaderDaemon:
         if total:
             return False
         log.warning("the event store is empty but %s has positions: loading every segment "
-                    "on disk again", self.checkpoint.describe())
+                    "on disk again", self.checkpoint.path)
         self.positions = {}
         return True
 
@@ -279,8 +189,8 @@ class LoaderDaemon:
             self.counts["bad_lines"] += bad
             self.metrics.inc("loader_bad_lines_total", bad)
             log.warning("skipped %d segment lines that are not valid events", bad)
-        # The positions are durable only with (or after) the events before them.
-        inserted = self.checkpoint.commit(self.store, events, positions)
+        inserted = self.store.insert_batch(events) if events else 0
+        self.checkpoint.save(positions)
         self.positions = positions
         self._note_last_loaded(events, streams)
         self.counts["batches"] += 1
@@ -373,7 +283,6 @@ class LoaderDaemon:
         max_age = self.cfg.loader.retention_days * 86_400.0
         now = self.clock.time()
         deleted = 0
-        synced = False
         for key, segs in scan(self.tailer.directory).items():
             pos = self.positions.get(key)
             if pos is None:
@@ -386,9 +295,6 @@ class LoaderDaemon:
                     break
                 if now - ref.mtime <= max_age:
                     continue
-                if not synced:
-                    self.checkpoint.sync()
-                    synced = True
                 try:
                     os.unlink(self.tailer.directory / ref.name(True))
                 except FileNotFoundError:
@@ -436,7 +342,7 @@ class LoaderDaemon:
             "started_at": self.started_at,
             "segments_dir": str(self.tailer.directory),
             "store": describe_store(self.cfg),
-            "checkpoint": self.checkpoint.describe(),
+            "checkpoint": str(self.checkpoint.path),
             "streams": streams,
             "lag_bytes": lag_bytes,
             "lag_events": round(lag_bytes / per_line),
@@ -510,7 +416,7 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
             return 2
         daemon.start_over_if_store_is_empty()
         print(f"collector loader: reading {cfg.segments_path}, writing {describe_store(cfg)}, "
-              f"position in {daemon.checkpoint.describe()}, status in {status_path(cfg)}",
+              f"position in {daemon.checkpoint.path}, status in {status_path(cfg)}",
               file=sys.stderr, flush=True)
         port = cfg.loader.metrics_port if metrics_port is None else metrics_port
         if port:

@@ -1,38 +1,18 @@
 """SQLite event store: one file in the data directory, WAL mode.
 
 Writer. One connection, used by the loader's thread only. Each `insert_batch` is one IMMEDIATE
-transaction: the batch's rows (INSERT OR IGNORE), then an UPSERT of the batch's (day,
-event_type) counts into daily_stats, then the loader's positions when it passes them, then
-COMMIT, so the counts, the rows and the position after them can never disagree. To count only
-the rows actually inserted without a lookup per row, the fast path compares the connection's
-change counter with the batch size: equal means every row was new (the normal case). Otherwise
-(a replay, a client retry with a known event_id) the transaction is rolled back and redone row
-by row, reading each statement's rowcount; that costs a few microseconds per row and only on
-such batches.
+transaction: `executemany(INSERT OR IGNORE)` of the batch, then an UPSERT of the batch's
+(day, event_type) counts into daily_stats, then COMMIT, so the counts and the rows can never
+disagree. To count only the rows actually inserted without a lookup per row, the fast path
+compares the connection's change counter with the batch size: equal means every row was new
+(the normal case). Otherwise (a replay after a crash, a client retry with a known event_id) the
+transaction is rolled back and redone row by row, reading each statement's rowcount; that costs
+a few microseconds per row and only on such batches.
 
-Loading speed (bench/loader.py; the figures are in bench/README.md). The loader's target is
-100,000 events/s on one core, so the per-event cost is counted in instructions here:
-- Rows go in ROWS_PER_STATEMENT at a time (a multi-row VALUES): the statement's setup and
-  teardown in SQLite (opening four B-tree cursors, halting the VM) is paid once per statement
-  instead of once per row.
-- Absent optional values are bound as sentinels that SQL turns into NULL (`NULLIF(?, 0)` for
-  event_id and user_id, whose values are always strings; `NULLIF(?, '')` for sent_at, always a
-  number), never as None: Python's sqlite3 binds only int, float, str and bytearray directly
-  and sends every other object, None included, through its adapter lookup, which fails with
-  an AttributeError for `__conform__` that it builds and discards: about 3,000 instructions
-  per None, a sixth of the whole insert.
-- The Snowflake id is bound as the decimal string of the segment line: the INTEGER PRIMARY KEY
-  column converts it exactly (a string that is not an integer in the int64 range fails the
-  statement with "datatype mismatch"; the loader validates ids before, see
-  daemon.parse_lines), which is cheaper than Python's int() of 19 digits.
-
-Durability. `synchronous=NORMAL`: a commit is not fsynced, so a power loss may take back the
-last commits; the WAL is fsynced at each checkpoint (every ~4 MiB). That is safe because the
-loader's position lives in this database (table loader_position), written in the transaction
-of the batch it follows: whatever a power loss takes back, it takes the position back with the
-rows, and the lines are loaded again. A crash of the process loses nothing that was committed.
-`sync()` is the barrier for what may not be taken back: the loader calls it before retention
-deletes segments whose events it loaded.
+Durability. `synchronous=FULL`: the WAL is fsynced at each commit (one fsync per batch of
+thousands of events). NORMAL would be faster but may lose the last commits on a power loss
+while the loader's checkpoint, written after them, survives: those events would never be
+loaded. With FULL, a commit is on disk before the checkpoint that follows it.
 
 Readers. The collector's handlers run queries in executor threads. A readonly store opens one
 connection per thread (`threading.local`, `mode=ro`), created on first use and closed by
@@ -58,10 +38,9 @@ partial days at the edges from the events.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,7 +48,6 @@ from typing import Any
 import orjson
 
 from loader.aggregate import DAY_SECONDS, day_bounds, day_string, full_days, rollup_rows
-from loader.checkpoint import Position, StreamKey
 from loader.stores.base import Event, public_event, user_text
 
 SCHEMA = """
@@ -93,38 +71,16 @@ CREATE TABLE IF NOT EXISTS daily_stats (
   total INTEGER NOT NULL,
   PRIMARY KEY (day, event_type)
 );
-CREATE TABLE IF NOT EXISTS loader_position (
-  datacenter INTEGER NOT NULL,
-  worker INTEGER NOT NULL,
-  segment INTEGER NOT NULL,
-  byte_offset INTEGER NOT NULL,
-  PRIMARY KEY (datacenter, worker)
-);
 """
 
-ROWS_PER_STATEMENT = 50
-"""Rows per INSERT (multi-row VALUES, 400 parameters). Measured with callgrind on the bench's
-events: 1 row per statement costs ~6,000 more instructions per event than 50; 200 is no better
-than 50."""
-
-_WIDTH = 8
-_ROW = "(?, ?, ?, ?, ?, NULLIF(?, 0), NULLIF(?, ''), NULLIF(?, 0))"
-_INTO = ("INSERT OR IGNORE INTO events (id, event_type, ts, params, received_at, event_id, "
-         "sent_at, user_id) VALUES ")
-_INSERT_ONE = _INTO + _ROW
-_INSERT_MANY = _INTO + ", ".join([_ROW] * ROWS_PER_STATEMENT)
+_INSERT = ("INSERT OR IGNORE INTO events (id, event_type, ts, params, received_at, event_id, "
+           "sent_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _UPSERT_DAILY = ("INSERT INTO daily_stats (day, event_type, total) VALUES (?, ?, ?) "
                  "ON CONFLICT (day, event_type) DO UPDATE SET total = total + excluded.total")
-_UPSERT_POSITION = ("INSERT INTO loader_position (datacenter, worker, segment, byte_offset) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (datacenter, worker) DO UPDATE SET "
-                    "segment = excluded.segment, byte_offset = excluded.byte_offset")
 _COLUMNS = "id, event_type, ts, params, received_at, event_id, sent_at"
 
-Row = list[Any]
-"""(id, event_type, ts, params JSON, received_at, event_id, sent_at, user_id), the absent
-optional values as their sentinels (see the module docstring)."""
-Counts = dict[tuple[float, str], int]
-"""Events per (UTC day number, event type); the day may be a float (ts // 86400 of a float)."""
+Row = tuple[Any, ...]
+"""(id, event_type, ts, params JSON, received_at, event_id, sent_at, user_id)"""
 
 
 class SQLiteStore:
@@ -146,7 +102,7 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA synchronous=FULL")
             con.execute("PRAGMA busy_timeout=10000")
             con.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
             con.executescript(SCHEMA)
@@ -184,83 +140,58 @@ class SQLiteStore:
         finally:
             con.execute("COMMIT")
 
-    def _writer_or_raise(self, op: str) -> sqlite3.Connection:
-        con = self._writer
-        if con is None:
-            raise RuntimeError(f"cannot {op}: the store is read-only or closed")
-        return con
-
     # -- writing -----------------------------------------------------------------------------
-    def _rows(self, events: list[Event]) -> tuple[Row, Counts]:
-        """The batch's row values, flat (_WIDTH per event), and its counts per (day, type).
-
-        This loop runs once per event and is a third of the loader's time: it avoids
-        function calls where it can, and the common event (params a dict, user_id a string
-        or an integer, no event_id or sent_at) takes no branch that allocates.
-        """
+    def _rows(self, events: list[Event]) -> tuple[list[Row], dict[tuple[int, str], int]]:
+        """Rows to insert and their counts per (day number, event type), in one pass: this
+        loop runs once per event, so it avoids function calls where it can."""
         key = self._user_key
         dumps = orjson.dumps
-        flat: Row = []
-        extend = flat.extend
-        counts: Counts = {}
-        count = counts.get
+        rows: list[Row] = []
+        append = rows.append
+        counts: dict[tuple[int, str], int] = {}
         for e in events:
             params = e.get("params")
             if type(params) is dict:
                 user = params.get(key)
-                if type(user) is not str:
-                    user = 0 if user is None else str(user) if type(user) is int else (
-                        user_text(user))
-                text = dumps(params).decode()
+                if user is not None and type(user) is not str:
+                    user = str(user) if type(user) is int else user_text(user)
             else:
-                text, user = ("{}" if params is None else dumps(params).decode()), 0
+                params, user = ({} if params is None else params), None
             ts = e["ts"]
             event_type = e["event_type"]
-            extend((e["id"], event_type, ts, text, e.get("received_at", ts),
-                    e.get("event_id", 0), e.get("sent_at", ""), user))
-            k = (ts // DAY_SECONDS, event_type)
-            counts[k] = count(k, 0) + 1
-        return flat, counts
+            append((int(e["id"]), event_type, ts, dumps(params).decode(),
+                    e.get("received_at", ts), e.get("event_id"), e.get("sent_at"), user))
+            k = (int(ts // DAY_SECONDS), event_type)
+            counts[k] = counts.get(k, 0) + 1
+        return rows, counts
 
-    def insert_batch(self, events: list[Event], *,
-                     positions: Mapping[StreamKey, Position] | None = None) -> int:
-        """Insert parsed segment events; returns how many were new (see EventStore).
-
-        Args:
-            events: events with `id` (decimal string of an int64, or int), `event_type`, `ts`
-                and optionally `params`, `received_at`, `event_id`, `sent_at`.
-            positions: the loader's positions after these events, saved in the same
-                transaction (see load_positions); None leaves them as they are.
-        """
-        con = self._writer_or_raise("insert")
-        if not events and positions is None:
+    def insert_batch(self, events: list[Event]) -> int:
+        con = self._writer
+        if con is None:
+            raise RuntimeError("cannot insert: the store is read-only")
+        if not events:
             return 0
-        flat, counts = self._rows(events)
+        rows, counts = self._rows(events)
         con.execute("BEGIN IMMEDIATE")
         try:
             before = con.total_changes
-            _insert(con, flat)
-            inserted = len(events)
-            if con.total_changes - before != inserted:
+            con.executemany(_INSERT, rows)
+            if con.total_changes - before != len(rows):
                 con.execute("ROLLBACK")
                 con.execute("BEGIN IMMEDIATE")
-                rows = self._insert_one_by_one(con, flat)
-                inserted = len(rows)
+                rows = self._insert_one_by_one(con, rows)
                 counts = {}
                 for row in rows:
-                    k = (row[2] // DAY_SECONDS, row[1])
+                    k = (int(row[2] // DAY_SECONDS), row[1])
                     counts[k] = counts.get(k, 0) + 1
-            if counts:
-                con.executemany(_UPSERT_DAILY, [(self._day_string(int(d)), t, n)
-                                                for (d, t), n in counts.items()])
-            if positions is not None:
-                _write_positions(con, positions)
+            con.executemany(_UPSERT_DAILY, [(self._day_string(d), t, n)
+                                            for (d, t), n in counts.items()])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        return inserted
+        return len(rows)
 
     def _day_string(self, day: int) -> str:
         s = self._days.get(day)
@@ -271,47 +202,15 @@ class SQLiteStore:
         return s
 
     @staticmethod
-    def _insert_one_by_one(con: sqlite3.Connection, flat: Row) -> list[Row]:
+    def _insert_one_by_one(con: sqlite3.Connection, rows: list[Row]) -> list[Row]:
         """Insert row by row; the rows that were new (not a known id or event_id)."""
         cur = con.cursor()
         kept = []
-        for i in range(0, len(flat), _WIDTH):
-            row = flat[i:i + _WIDTH]
-            cur.execute(_INSERT_ONE, row)
+        for row in rows:
+            cur.execute(_INSERT, row)
             if cur.rowcount == 1:
                 kept.append(row)
         return kept
-
-    # -- the loader's position ---------------------------------------------------------------
-    def load_positions(self) -> dict[StreamKey, Position]:
-        """The positions saved with the last committed batch; empty for a new store."""
-        con = self._writer_or_raise("load positions")
-        rows = con.execute("SELECT datacenter, worker, segment, byte_offset "
-                           "FROM loader_position").fetchall()
-        return {(dc, worker): Position(segment, offset) for dc, worker, segment, offset in rows}
-
-    def save_positions(self, positions: Mapping[StreamKey, Position]) -> None:
-        """Save positions that move without loading anything (past finished segments)."""
-        self.insert_batch([], positions=positions)
-
-    def sync(self) -> None:
-        """Make every commit so far survive a power loss.
-
-        Commits are not fsynced (synchronous=NORMAL, see the module docstring); the committed
-        state of a WAL database is the main file plus the WAL, so fsyncing both makes it
-        durable. Costs two fsyncs: for the rare moments (retention) when the loader is about
-        to delete the only other copy of what it loaded.
-        """
-        self._writer_or_raise("sync")
-        for path in (self.path, Path(f"{self.path}-wal")):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:  # no WAL: everything is in the main file
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------
     def query_events(self, *, page: int, limit: int, start: float | None, end: float | None,
@@ -435,19 +334,3 @@ def _count_events(con: sqlite3.Connection, start: float | None, end: float | Non
     where, args = _where(start, end, event_types, end_open=end_open)
     (n,) = con.execute(f"SELECT COUNT(*) FROM events{where}", args).fetchone()
     return int(n)
-
-
-def _insert(con: sqlite3.Connection, flat: Row) -> None:
-    """INSERT OR IGNORE the flat row values: whole statements of ROWS_PER_STATEMENT rows, then
-    the remainder one row per statement."""
-    width = _WIDTH * ROWS_PER_STATEMENT
-    full = len(flat) - len(flat) % width
-    if full:
-        con.executemany(_INSERT_MANY, [flat[i:i + width] for i in range(0, full, width)])
-    if full < len(flat):
-        con.executemany(_INSERT_ONE, [flat[i:i + _WIDTH] for i in range(full, len(flat), _WIDTH)])
-
-
-def _write_positions(con: sqlite3.Connection, positions: Mapping[StreamKey, Position]) -> None:
-    con.executemany(_UPSERT_POSITION, [(dc, worker, p.segment, p.offset)
-                                       for (dc, worker), p in positions.items()])
