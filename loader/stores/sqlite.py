@@ -48,6 +48,7 @@ from typing import Any
 import orjson
 
 from loader.aggregate import DAY_SECONDS, day_bounds, day_string, full_days, rollup_rows
+from loader.analytics import userhours
 from loader.stores.base import Event, public_event, user_text
 
 SCHEMA = """
@@ -106,6 +107,9 @@ class SQLiteStore:
             con.execute("PRAGMA busy_timeout=10000")
             con.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
             con.executescript(SCHEMA)
+            # Per-user-hour summaries that make the per-user analytics (uniques, users, flows,
+            # funnel) fast over millions of events; kept in the same transaction as the rows.
+            userhours.ensure_tables(con)
             self._writer = con
 
     # -- connections -------------------------------------------------------------------------
@@ -186,6 +190,7 @@ class SQLiteStore:
                     counts[k] = counts.get(k, 0) + 1
             con.executemany(_UPSERT_DAILY, [(self._day_string(d), t, n)
                                             for (d, t), n in counts.items()])
+            userhours.apply_batch(con, [(r[0], r[1], r[2], r[7]) for r in rows])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
