@@ -20,9 +20,7 @@ are thread-safe. `from`/`to` default to the last 7 days of the injected clock.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -34,22 +32,11 @@ from collector.http.message import Request, Response, error_response, json_respo
 from collector.http.router import Route
 from loader.analytics import Analytics, for_store
 from loader.analytics import params as P
+from loader.stores.base import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
 CACHE_BUSTER = "_"
-
-
-@functools.cache
-def _store_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        from pymongo.errors import PyMongoError
-    except ImportError:  # pragma: no cover - pymongo is a dependency
-        pass
-    else:
-        errors.append(PyMongoError)
-    return tuple(errors)
 
 
 def routes(ctx: AppContext) -> list[Route]:
@@ -111,7 +98,7 @@ class AnalyticsRoutes:
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(None, job, analytics)
-        except _store_errors() as e:
+        except STORE_ERRORS as e:
             log.warning("analytics query failed: %s", e)
             return error_response(503, "store_unavailable",
                                   f"the event store cannot be read right now ({e}); retry")

@@ -31,7 +31,6 @@ import asyncio
 import functools
 import logging
 import math
-import sqlite3
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -41,6 +40,7 @@ from collector.auth import check_read
 from collector.context import AppContext
 from collector.http.message import Request, Response, error_response, json_response
 from collector.http.router import Route
+from loader.stores.base import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,6 @@ FIELDS = ("page", "limit", "startDate", "endDate", "eventType")
 
 class BadQuery(Exception):
     """A parameter that cannot be used; the message says how to fix it."""
-
-
-@functools.cache
-def _store_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        from pymongo.errors import PyMongoError
-    except ImportError:  # pragma: no cover - pymongo is a dependency
-        pass
-    else:
-        errors.append(PyMongoError)
-    return tuple(errors)
 
 
 def routes(ctx: AppContext) -> list[Route]:
@@ -137,7 +125,7 @@ class EventsReader:
                                   end=end, event_types=types)
         try:
             total, events = await asyncio.get_running_loop().run_in_executor(None, query)
-        except _store_errors() as e:
+        except STORE_ERRORS as e:
             log.warning("event store query failed: %s", e)
             return error_response(503, "store_unavailable",
                                   f"the event store cannot be read right now ({e}); retry")

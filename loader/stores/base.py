@@ -18,9 +18,11 @@ test_store_contract.py runs the same tests against each):
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from pymongo.errors import PyMongoError
 
 if TYPE_CHECKING:
     from collector.config import Config
@@ -103,3 +105,8 @@ def open_store(cfg: Config, *, readonly: bool = False) -> EventStore:
         return MongoStore.from_uri(cfg.store.mongodb_uri, cfg.store.mongodb_database,
                                    user_key=cfg.stats.user_key, readonly=readonly)
     raise ValueError(f"unknown store backend {cfg.store.backend!r}; use 'sqlite' or 'mongodb'")
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, PyMongoError)
+"""What a failing store raises (a locked or corrupt SQLite file, an unreachable MongoDB): the
+read endpoints answer 503 for these; anything else is a bug."""
