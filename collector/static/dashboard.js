@@ -77,7 +77,8 @@
   async function api(path, options) {
     const opts = options || {};
     const headers = {};
-    if (state.token) headers.Authorization = "Bearer " + state.token;
+    const sentWith = state.token;
+    if (sentWith) headers.Authorization = "Bearer " + sentWith;
     if (opts.body !== undefined) headers["Content-Type"] = "application/json";
     const res = await fetch(path, {
       method: opts.method || "GET",
@@ -92,6 +93,9 @@
       doc = null;
     }
     if (res.status === 401 || res.status === 403) {
+      // A request sent before the user saved a new token answers 401 after the save: the
+      // refresh the save started asks again with the new token, so do not ask the user.
+      if (sentWith !== state.token) throw new AuthError("the token changed meanwhile");
       askToken(res.status === 403 ? "The saved token was refused; enter the current one."
                                   : "The analytics and the events need the read token.");
       throw new AuthError("waiting for the read token");
