@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 DAY_SECONDS = 86_400
 PERIODS = ("day", "week", "month", "year")
+MAX_TS = 253_402_300_800
+"""10000-01-01T00:00:00Z: an event's ts must be in [0, MAX_TS) for its day to have a
+"YYYY-MM-DD" string (SPEC §2 also says ts >= 0)."""
 
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 

@@ -1,38 +1,45 @@
 """The loader daemon: tail the segments, insert in batches, checkpoint, apply retention.
 
 Theory of operation. One pass (`run_once`) repeats: read up to `loader.batch_size` whole lines
-after the committed positions (tailer.Tailer), parse them, insert them in one store batch
-(which also updates daily_stats), and only then save the positions after those lines
-(checkpoint.Checkpoint). `run` repeats passes, sleeping `loader.poll_interval` when a pass found
-nothing, so new lines and new segments are picked up without a restart.
+after the committed positions (tailer.Tailer), parse them, and commit them with the positions
+after those lines (checkpoint: the SQLite store writes events, daily_stats and positions in one
+transaction; for MongoDB the positions file is replaced only after the insert). `run` repeats
+passes, sleeping `loader.poll_interval` when a pass found nothing, so new lines and new
+segments are picked up without a restart.
 
-Exactly once, effectively: the checkpoint never runs ahead of the store, and the store ignores
-an event whose Snowflake id (or client event_id) it already holds, so a crash anywhere (even
-SIGKILL between the commit and the checkpoint) costs at most the replay of one batch and loads
-nothing twice.
+Exactly once, effectively: the positions are never durable ahead of the events before them,
+and the store ignores an event whose Snowflake id (or client event_id) it already holds, so a
+crash anywhere (even SIGKILL between MongoDB's insert and the positions file) costs at most the
+replay of one batch and loads nothing twice.
 
 Stopping. The first SIGTERM/SIGINT is a warm stop: the batch in progress is finished and
 checkpointed, then the loop ends and `main` returns 0. A second signal is a cold stop: it raises
 SystemExit at once; the open transaction is rolled back and the batch is replayed next time.
 
-Bad lines. A line that is not a JSON object with id, event_type and ts cannot be loaded by any
-retry, so it is counted (loader_bad_lines_total), logged and skipped rather than wedging the
-stream. A failing store (locked, disk full, MongoDB down) is the opposite: the batch is retried
-from the same positions with a growing pause, and errors are counted.
+Bad lines. A line that is not an event (is_event: a JSON object with id, event_type and ts,
+optional fields of the right types) cannot be loaded by any retry, so it is counted
+(loader_bad_lines_total), logged and skipped rather than wedging the stream. A failing store
+(locked, disk full, MongoDB down) is the opposite: the batch is retried from the same positions
+with a growing pause, and errors are counted.
 
 Retention. Sealed segments that are fully loaded (entirely behind the committed position of
 their stream: the stream has moved on to a later segment) and whose modification time is older
 than `loader.retention_days` are deleted; `.open` files, anything not yet committed, and the
-segment a stream's position is in are never touched.
+segment a stream's position is in are never touched. Before the first deletion of a sweep the
+store's commits are made durable (checkpoint.sync): a segment must not go while a power loss
+could still take back the batches loaded from it.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,14 +50,22 @@ import orjson
 from collector.clock import Clock, SystemClock
 from collector.config import Config
 from collector.metrics import Metrics, merge_snapshots, render
-from loader.checkpoint import Checkpoint, Position, StreamKey, stream_name
+from loader.aggregate import MAX_TS
+from loader.checkpoint import (
+    Checkpoint,
+    Position,
+    PositionStore,
+    StoreCheckpoint,
+    StreamKey,
+    stream_name,
+)
 from loader.lock import LoaderLock, LockHeld
 from loader.metrics_http import MetricsServer
 from loader.status import read_status, status_path, write_status
 from loader.stores.base import Event, EventStore, open_store
 from loader.tailer import Tailer, scan
 
-__all__ = ["EXIT_LOCKED", "LoaderDaemon", "checkpoint_path", "main", "parse_lines",
+__all__ = ["EXIT_LOCKED", "LoaderDaemon", "checkpoint_path", "is_event", "main", "parse_lines",
            "read_status"]
 
 log = logging.getLogger(__name__)
@@ -66,53 +81,133 @@ MAX_BACKOFF = 30.0
 
 
 def checkpoint_path(cfg: Config) -> Path:
-    """One checkpoint per backend: switching from SQLite to MongoDB loads everything again
-    into the new store instead of believing it is already there."""
+    """The positions file of a store that cannot keep them (MongoDB). One per backend:
+    switching from SQLite to MongoDB loads everything again into the new store instead of
+    believing it is already there."""
     return cfg.data_path / "loader" / f"checkpoint.{cfg.store.backend}.json"
+
+
+def default_checkpoint(cfg: Config, store: EventStore) -> Checkpoint | StoreCheckpoint:
+    """Positions in the store when it can keep them in its batch transactions (SQLite),
+    else in the JSON file of checkpoint_path."""
+    if isinstance(store, PositionStore):
+        return StoreCheckpoint(store, f"{describe_store(cfg)}, table loader_position")
+    return Checkpoint(checkpoint_path(cfg))
 
 
 def snowflake_seconds(snowflake: int) -> float:
     return ((snowflake >> 22) + SNOWFLAKE_EPOCH_MS) / 1000.0
 
 
-def parse_lines(lines: list[bytes]) -> tuple[list[Event], int]:
-    """Events parsed from segment lines, and how many lines were not valid events.
+_MAX_ID = "9223372036854775807"
+"""2**63 - 1: the largest Snowflake (and SQLite integer)."""
+_INT64 = 1 << 63
 
-    Valid: a JSON object with `id` (decimal string or int), `event_type` (string) and a
-    numeric `ts`. Blank lines are skipped without counting them as bad.
+
+def _is_number(x: Any) -> bool:
+    """An int or float that a store can hold: bools are not numbers here, and integers
+    must fit in 64 signed bits (orjson parses up to 2**64 - 1)."""
+    return type(x) is float or (type(x) is int and -_INT64 <= x < _INT64)
+
+
+def _is_id(i: Any) -> bool:
+    """A Snowflake as a segment line carries it: ASCII decimal digits of an int64, or an int
+    (str.isdigit alone accepts other scripts' digits, which int() accepts but SQLite does not)."""
+    if type(i) is str:
+        return (i.isascii() and i.isdigit()
+                and (len(i) < len(_MAX_ID) or (len(i) == len(_MAX_ID) and i <= _MAX_ID)))
+    return type(i) is int and 0 <= i < _INT64
+
+
+def is_event(e: Any) -> bool:
+    """Whether a parsed segment line is an event every store can load: a JSON object with `id`
+    (see _is_id), `event_type` (a string) and a numeric `ts` in [0, aggregate.MAX_TS); and when
+    present, `params` an object (or null), `received_at` and `sent_at` numbers, `event_id` a
+    string (or null).
+
+    The optional fields are checked because a value of the wrong type would fail the store's
+    insert on every retry and wedge the loader; the collector never writes one.
     """
-    loads = orjson.loads
-    events: list[Event] = []
+    if type(e) is not dict or not _is_id(e.get("id")) or type(e.get("event_type")) is not str:
+        return False
+    ts: Any = e.get("ts")
+    if not _is_number(ts) or not 0 <= ts < MAX_TS:
+        return False
+    params = e.get("params")
+    if params is not None and type(params) is not dict:
+        return False
+    received_at = e.get("received_at")
+    if received_at is not None and not _is_number(received_at):
+        return False
+    sent_at = e.get("sent_at")
+    if sent_at is not None and not _is_number(sent_at):
+        return False
+    event_id = e.get("event_id")
+    return event_id is None or type(event_id) is str
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector off for the block (restored after, also on an
+    exception; left off if it was off).
+
+    A batch allocates two dicts per event, all freed by reference counting when the batch
+    ends: nothing a cycle collector can find. Left on, it runs a dozen times per batch and
+    walks them all, and the whole heap every few batches: 15-20% of the loader's CPU time
+    (bench/loader.py). The collector is per process, so the pause also covers the metrics
+    thread for the few milliseconds of a batch; nothing there makes cycles either.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_json(lines: list[bytes]) -> tuple[list[Any], int]:
+    """The JSON values of segment lines, and how many lines were not JSON. Blank lines are
+    skipped without counting them as bad.
+
+    One `map(orjson.loads)` for the common batch, where every line parses; line by line
+    otherwise, to skip only the lines that do not.
+    """
+    try:
+        return list(map(orjson.loads, lines)), 0
+    except orjson.JSONDecodeError:
+        pass
+    objects = []
     bad = 0
     for line in lines:
         try:
-            e = loads(line)
+            objects.append(orjson.loads(line))
         except orjson.JSONDecodeError:
             if line.strip():
                 bad += 1
-            continue
-        if type(e) is dict:
-            i = e.get("id")
-            ts = e.get("ts")
-            if ((type(i) is str and i.isdigit()) or type(i) is int) and type(
-                    e.get("event_type")) is str and type(ts) in (int, float):
-                events.append(e)
-                continue
-        bad += 1
-    return events, bad
+    return objects, bad
+
+
+def parse_lines(lines: list[bytes]) -> tuple[list[Event], int]:
+    """Events parsed from segment lines, and how many lines were not valid events (is_event).
+    Blank lines are skipped without counting them as bad."""
+    objects, bad = parse_json(lines)
+    events = [e for e in objects if is_event(e)]
+    return events, bad + len(objects) - len(events)
 
 
 class LoaderDaemon:
     """See the module docstring. Runs in one thread; `stop()` may be called from any."""
 
     def __init__(self, cfg: Config, store: EventStore, clock: Clock, *,
-                 metrics: Metrics | None = None, checkpoint: Checkpoint | None = None,
+                 metrics: Metrics | None = None,
+                 checkpoint: Checkpoint | StoreCheckpoint | None = None,
                  tailer: Tailer | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
-        self.checkpoint = checkpoint or Checkpoint(checkpoint_path(cfg))
+        self.checkpoint = checkpoint or default_checkpoint(cfg, store)
         self.tailer = tailer or Tailer(cfg.segments_path, clock)
         self.positions: dict[StreamKey, Position] = self.checkpoint.load()
         self._stop = threading.Event()
@@ -151,7 +246,7 @@ class LoaderDaemon:
         if total:
             return False
         log.warning("the event store is empty but %s has positions: loading every segment "
-                    "on disk again", self.checkpoint.path)
+                    "on disk again", self.checkpoint.describe())
         self.positions = {}
         return True
 
@@ -184,33 +279,36 @@ class LoaderDaemon:
     def _load(self, lines: list[bytes], positions: dict[StreamKey, Position],
               streams: dict[StreamKey, int]) -> int:
         t0 = self.clock.monotonic()
-        events, bad = parse_lines(lines)
+        with gc_paused():
+            objects, bad = parse_json(lines)
+            # The positions are durable only with (or after) the events before them.
+            done = self.checkpoint.commit(self.store, objects, positions, is_event)
+            del objects
+        bad += done.bad
         if bad:
             self.counts["bad_lines"] += bad
             self.metrics.inc("loader_bad_lines_total", bad)
             log.warning("skipped %d segment lines that are not valid events", bad)
-        inserted = self.store.insert_batch(events) if events else 0
-        self.checkpoint.save(positions)
         self.positions = positions
-        self._note_last_loaded(events, streams)
+        self._note_last_loaded(done.ids, streams)
         self.counts["batches"] += 1
-        self.counts["events_loaded"] += len(events)
-        self.counts["events_inserted"] += inserted
+        self.counts["events_loaded"] += len(done.ids)
+        self.counts["events_inserted"] += done.inserted
         self.metrics.inc("loader_batches_total")
-        self.metrics.inc("loader_events_loaded_total", len(events))
-        self.metrics.inc("loader_events_inserted_total", inserted)
+        self.metrics.inc("loader_events_loaded_total", len(done.ids))
+        self.metrics.inc("loader_events_inserted_total", done.inserted)
         self.metrics.observe("loader_batch_seconds", self.clock.monotonic() - t0)
-        return len(events)
+        return len(done.ids)
 
-    def _note_last_loaded(self, events: list[Event], streams: dict[StreamKey, int]) -> None:
-        """Remember the time of the last event loaded per stream, for lag_seconds. Lines of
-        one stream are contiguous in a batch, so walking back from the end finds each
-        stream's last event after a few steps."""
+    def _note_last_loaded(self, ids: list[Any], streams: dict[StreamKey, int]) -> None:
+        """Remember the time of the last event loaded per stream, for lag_seconds. The ids
+        are in stream order or in id order (checkpoint.Committed), so walking back from the
+        end finds each stream's last event after a few steps."""
         want = set(streams)
-        for e in reversed(events):
+        for ident in reversed(ids):
             if not want:
                 break
-            i = int(e["id"])
+            i = int(ident)
             key = ((i >> 17) & 31, (i >> 12) & 31)
             if key in want:
                 want.discard(key)
@@ -283,6 +381,7 @@ class LoaderDaemon:
         max_age = self.cfg.loader.retention_days * 86_400.0
         now = self.clock.time()
         deleted = 0
+        synced = False
         for key, segs in scan(self.tailer.directory).items():
             pos = self.positions.get(key)
             if pos is None:
@@ -295,6 +394,9 @@ class LoaderDaemon:
                     break
                 if now - ref.mtime <= max_age:
                     continue
+                if not synced:
+                    self.checkpoint.sync()
+                    synced = True
                 try:
                     os.unlink(self.tailer.directory / ref.name(True))
                 except FileNotFoundError:
@@ -342,7 +444,7 @@ class LoaderDaemon:
             "started_at": self.started_at,
             "segments_dir": str(self.tailer.directory),
             "store": describe_store(self.cfg),
-            "checkpoint": str(self.checkpoint.path),
+            "checkpoint": self.checkpoint.describe(),
             "streams": streams,
             "lag_bytes": lag_bytes,
             "lag_events": round(lag_bytes / per_line),
@@ -416,7 +518,7 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
             return 2
         daemon.start_over_if_store_is_empty()
         print(f"collector loader: reading {cfg.segments_path}, writing {describe_store(cfg)}, "
-              f"position in {daemon.checkpoint.path}, status in {status_path(cfg)}",
+              f"position in {daemon.checkpoint.describe()}, status in {status_path(cfg)}",
               file=sys.stderr, flush=True)
         port = cfg.loader.metrics_port if metrics_port is None else metrics_port
         if port:

@@ -140,27 +140,43 @@ class Tailer:
     def read(self, positions: Mapping[StreamKey, Position], max_lines: int) -> Batch:
         """Up to `max_lines` whole lines after `positions`, and the positions after them.
 
-        Streams without a position start at their first segment. Streams are visited from a
-        rotating start, so one stream's backlog does not starve the others.
+        Streams without a position start at their first segment. Each stream gets an equal
+        share of the batch, and the room left by streams with less to read is shared among the
+        others; they are visited from a rotating start. So one stream's backlog never starves
+        the others, and with several busy streams a batch holds about the same stretch of time
+        of each (the store inserts a batch in id order, so that its rows land after the rows
+        already loaded instead of between them).
         """
         self.listing()
-        refreshed = False
         out = Batch([], dict(positions))
         keys = sorted(set(self._listing) | set(positions))
         if not keys:
             return out
         self._rr = (self._rr + 1) % len(keys)
-        for key in keys[self._rr:] + keys[: self._rr]:
-            while len(out.lines) < max_lines:
-                status = self._read_stream(key, out, max_lines)
-                if status == "more":
-                    continue
-                if status == "stale" and not refreshed:
-                    self.refresh()
-                    refreshed = True
-                    continue
-                break
+        busy = keys[self._rr:] + keys[: self._rr]
+        refreshed = [False]
+        # Rounds of equal shares of the room left, among the streams that filled theirs: each
+        # round ends the read or drops a stream that had less to give.
+        while busy and len(out.lines) < max_lines:
+            share = -(-(max_lines - len(out.lines)) // len(busy))
+            busy = [key for key in busy
+                    if self._fill(key, out, min(max_lines, len(out.lines) + share), refreshed)]
         return out
+
+    def _fill(self, key: StreamKey, out: Batch, limit: int, refreshed: list[bool]) -> bool:
+        """Read one stream into `out` until it holds `limit` lines; True when the stream
+        stopped only because of that limit. The directory is listed again at most once per
+        read(), the first time a stream needs news (`refreshed` carries that)."""
+        while len(out.lines) < limit:
+            status = self._read_stream(key, out, limit)
+            if status == "more":
+                continue
+            if status == "stale" and not refreshed[0]:
+                self.refresh()
+                refreshed[0] = True
+                continue
+            return status == "full"
+        return True
 
     def _read_stream(self, key: StreamKey, out: Batch, max_lines: int) -> str:
         """Read one segment of one stream into `out`.
@@ -239,8 +255,8 @@ class Tailer:
         pending = b""
         at = offset
         while len(lines) < want:
-            chunk_size = int(min(MAX_CHUNK, max(MIN_CHUNK, (want - len(lines)) * self._avg_line
-                                                * 1.2)))
+            room = want - len(lines)
+            chunk_size = int(min(MAX_CHUNK, max(MIN_CHUNK, room * self._avg_line * 1.2)))
             chunk = os.pread(fd, chunk_size, at)
             if not chunk:
                 if sealed and pending:
@@ -251,17 +267,14 @@ class Tailer:
                 break
             at += len(chunk)
             buf = pending + chunk if pending else chunk
-            parts = buf.split(b"\n")
-            pending = parts.pop()
-            room = want - len(lines)
-            if len(parts) > room:
-                parts = parts[:room]
-                pending = b""
-                used += sum(map(len, parts)) + len(parts)
-                lines.extend(parts)
-                break
-            used += len(buf) - len(pending)
+            # At most `room` lines are cut out: what follows them stays in one piece.
+            parts = buf.split(b"\n", room)
+            rest = parts.pop()
+            used += len(buf) - len(rest)
             lines.extend(parts)
+            if len(parts) == room:
+                break
+            pending = rest
             if at >= size and not sealed:
                 # The writer may append more while we read; what is past `size` now is picked up
                 # by the next call. Stopping here bounds the work of one call.

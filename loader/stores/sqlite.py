@@ -1,18 +1,46 @@
 """SQLite event store: one file in the data directory, WAL mode.
 
-Writer. One connection, used by the loader's thread only. Each `insert_batch` is one IMMEDIATE
-transaction: `executemany(INSERT OR IGNORE)` of the batch, then an UPSERT of the batch's
-(day, event_type) counts into daily_stats, then COMMIT, so the counts and the rows can never
+Writer. One connection, used by the loader's thread only. Each batch (`insert_parsed`, or
+`insert_batch` for events already parsed) is one IMMEDIATE transaction: the batch's rows
+(INSERT OR IGNORE), an UPSERT of its (day, event_type) counts into daily_stats, the per-user-hour
+analytics tables (loader/analytics/userhours.py), the loader's positions when it passes them,
+then COMMIT: the rows, the counts, the summaries and the position after them can never
 disagree. To count only the rows actually inserted without a lookup per row, the fast path
 compares the connection's change counter with the batch size: equal means every row was new
-(the normal case). Otherwise (a replay after a crash, a client retry with a known event_id) the
-transaction is rolled back and redone row by row, reading each statement's rowcount; that costs
-a few microseconds per row and only on such batches.
+(the normal case). Otherwise (a replay, a client retry with a known event_id) the transaction is
+rolled back and redone row by row, reading each statement's rowcount; that costs a few
+microseconds per row and only on such batches.
 
-Durability. `synchronous=FULL`: the WAL is fsynced at each commit (one fsync per batch of
-thousands of events). NORMAL would be faster but may lose the last commits on a power loss
-while the loader's checkpoint, written after them, survives: those events would never be
-loaded. With FULL, a commit is on disk before the checkpoint that follows it.
+Loading speed (bench/loader.py). The loader's target is 100,000 events/s on one core, and the
+per-event cost was measured in instructions (callgrind) to choose:
+- Rows go in ROWS_PER_STATEMENT at a time (a multi-row VALUES): the statement's setup and
+  teardown in SQLite (opening four B-tree cursors, halting the VM) is paid once per statement
+  instead of once per row.
+- Absent optional values are bound as sentinels that SQL turns into NULL (`CASE ?n WHEN 0 THEN
+  NULL ELSE ?n END` for event_id and user_id, whose values are always strings; `WHEN ''` for
+  sent_at, always a number), never as None: Python's sqlite3 binds only int, float, str and
+  bytearray directly and sends every other object, None included, through its adapter
+  lookup, which fails with an AttributeError for `__conform__` that it builds and discards:
+  about 3,000 instructions per None, a sixth of the whole insert. CASE rather than NULLIF: a
+  function call in the VALUES makes SQLite keep a statement journal for every multi-row
+  INSERT (a function may fail halfway), a copy of each page the statement touches, spilled to
+  a temporary file; it cost 2 µs of system time per event.
+- The Snowflake id is bound as the decimal string of the segment line: the INTEGER PRIMARY KEY
+  column converts it exactly (a string that is not an integer in the int64 range would fail
+  the statement with "datatype mismatch"; _split and daemon.is_event check ids first), which
+  is cheaper than Python's int() of 19 digits.
+- The plain events of a batch are inserted in id order (insert_parsed).
+
+Durability. `synchronous=NORMAL`: a commit is not fsynced, so a power loss may take back the
+last commits; the WAL is fsynced at each checkpoint. That is safe because the loader's position
+lives in this database (table loader_position), written in the transaction of the batch it
+follows: whatever a power loss takes back, it takes the position back with the rows, and the
+lines are loaded again. A crash of the process loses nothing that was committed. `sync()` is
+the barrier for what may not be taken back: the loader calls it before retention deletes
+segments whose events it loaded. Checkpoints run every 10,000 WAL pages (40 MiB) instead of
+SQLite's 1,000: the pages a batch appends to (the tail of the table, of the ts index and of each
+event type in the (event_type, ts) index) are rewritten by every batch, and a checkpoint copies
+each page once however many times the WAL holds it (measured: 13% of the loading CPU time).
 
 Readers. The collector's handlers run queries in executor threads. A readonly store opens one
 connection per thread (`threading.local`, `mode=ro`), created on first use and closed by
@@ -29,7 +57,7 @@ collide), but events without an event_id, the common case, cost no index entry. 
 deliberately no index on user_id: its keys arrive in random order, so every batch dirties about
 one index page per row, and each commit writes all of those pages to the WAL (measured: loading
 fell from ~50k to ~13k events/s at 600k rows, and keeps falling as the index grows). Per-user
-analytics scan a ts range (the ts index) and group in SQL instead.
+analytics read the per-user-hour tables instead, or scan a ts range (the ts index).
 
 Totals. COUNT(*) over millions of rows costs a full index scan, so `query_events` counts whole
 UTC days inside the range from daily_stats (exact: same transaction as the inserts) and only the
@@ -38,17 +66,30 @@ partial days at the edges from the events.
 
 from __future__ import annotations
 
+import functools
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from itertools import chain, repeat
+from operator import floordiv, itemgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from loader.aggregate import DAY_SECONDS, day_bounds, day_string, full_days, rollup_rows
+from loader.aggregate import (
+    DAY_SECONDS,
+    MAX_TS,
+    day_bounds,
+    day_string,
+    full_days,
+    rollup_rows,
+)
 from loader.analytics import userhours
+from loader.checkpoint import Committed, IsEvent, Position, StreamKey
 from loader.stores.base import Event, public_event, user_text
 
 SCHEMA = """
@@ -72,16 +113,43 @@ CREATE TABLE IF NOT EXISTS daily_stats (
   total INTEGER NOT NULL,
   PRIMARY KEY (day, event_type)
 );
+CREATE TABLE IF NOT EXISTS loader_position (
+  datacenter INTEGER NOT NULL,
+  worker INTEGER NOT NULL,
+  segment INTEGER NOT NULL,
+  byte_offset INTEGER NOT NULL,
+  PRIMARY KEY (datacenter, worker)
+);
 """
 
-_INSERT = ("INSERT OR IGNORE INTO events (id, event_type, ts, params, received_at, event_id, "
-           "sent_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+ROWS_PER_STATEMENT = 50
+"""Rows per INSERT (multi-row VALUES). Measured with callgrind on the bench's events: one row
+per statement costs ~6,000 more instructions per event than 50; 200 is no better than 50."""
+
+_MAX_ID = "9223372036854775807"
+_INT64 = 1 << 63
+_PLAIN_WIDTH = 6
+_FULL_WIDTH = 8
+_PLAIN_ROW = "({0}, {1}, {2}, {3}, {4}, NULL, NULL, CASE {5} WHEN 0 THEN NULL ELSE {5} END)"
+_FULL_ROW = ("({0}, {1}, {2}, {3}, {4}, CASE {5} WHEN 0 THEN NULL ELSE {5} END, "
+             "CASE {6} WHEN '' THEN NULL ELSE {6} END, CASE {7} WHEN 0 THEN NULL ELSE {7} END)")
+_INTO = ("INSERT OR IGNORE INTO events (id, event_type, ts, params, received_at, event_id, "
+         "sent_at, user_id) VALUES ")
 _UPSERT_DAILY = ("INSERT INTO daily_stats (day, event_type, total) VALUES (?, ?, ?) "
                  "ON CONFLICT (day, event_type) DO UPDATE SET total = total + excluded.total")
+_UPSERT_POSITION = ("INSERT INTO loader_position (datacenter, worker, segment, byte_offset) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (datacenter, worker) DO UPDATE SET "
+                    "segment = excluded.segment, byte_offset = excluded.byte_offset")
 _COLUMNS = "id, event_type, ts, params, received_at, event_id, sent_at"
+_FIRST = itemgetter(0)
 
-Row = tuple[Any, ...]
-"""(id, event_type, ts, params JSON, received_at, event_id, sent_at, user_id)"""
+PlainRow = tuple[str, str, float, str, float, Any]
+"""(id, event_type, ts, params JSON, received_at, user_id or 0) of a plain event."""
+FullRow = tuple[Any, ...]
+"""(id, event_type, ts, params JSON, received_at, event_id or 0, sent_at or '', user_id or 0)
+of any other event."""
+Counts = Counter[tuple[float, str]]
+"""Events per (UTC day number, event type); the day may be a float (ts // 86400 of a float)."""
 
 
 class SQLiteStore:
@@ -103,9 +171,10 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA busy_timeout=10000")
             con.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
+            con.execute("PRAGMA wal_autocheckpoint=10000")
             con.executescript(SCHEMA)
             # Per-user-hour summaries that make the per-user analytics (uniques, users, flows,
             # funnel) fast over millions of events; kept in the same transaction as the rows.
@@ -144,59 +213,146 @@ class SQLiteStore:
         finally:
             con.execute("COMMIT")
 
-    # -- writing -----------------------------------------------------------------------------
-    def _rows(self, events: list[Event]) -> tuple[list[Row], dict[tuple[int, str], int]]:
-        """Rows to insert and their counts per (day number, event type), in one pass: this
-        loop runs once per event, so it avoids function calls where it can."""
-        key = self._user_key
-        dumps = orjson.dumps
-        rows: list[Row] = []
-        append = rows.append
-        counts: dict[tuple[int, str], int] = {}
-        for e in events:
-            params = e.get("params")
-            if type(params) is dict:
-                user = params.get(key)
-                if user is not None and type(user) is not str:
-                    user = str(user) if type(user) is int else user_text(user)
-            else:
-                params, user = ({} if params is None else params), None
-            ts = e["ts"]
-            event_type = e["event_type"]
-            append((int(e["id"]), event_type, ts, dumps(params).decode(),
-                    e.get("received_at", ts), e.get("event_id"), e.get("sent_at"), user))
-            k = (int(ts // DAY_SECONDS), event_type)
-            counts[k] = counts.get(k, 0) + 1
-        return rows, counts
-
-    def insert_batch(self, events: list[Event]) -> int:
+    def _writer_or_raise(self, op: str) -> sqlite3.Connection:
         con = self._writer
         if con is None:
-            raise RuntimeError("cannot insert: the store is read-only")
-        if not events:
-            return 0
-        rows, counts = self._rows(events)
+            raise RuntimeError(f"cannot {op}: the store is read-only or closed")
+        return con
+
+    # -- writing -----------------------------------------------------------------------------
+    def _split(self, objects: list[Any], is_event: IsEvent | None, *, plain_ok: bool = True
+               ) -> tuple[list[PlainRow], list[FullRow], int]:
+        """Row values of the events among `objects`: (plain rows, other rows, not events).
+
+        A plain event is the line the collector writes for an event without event_id or
+        sent_at: exactly id (a 19-digit string), event_type, ts, params (an object) and
+        received_at. It takes the first branch of this loop, which runs once per event and is
+        a third of the loader's time: a few type checks, no function call but the params'
+        JSON text, and a row of six values (bound to a statement that writes NULL for the two
+        absent columns). Its id's digits and its ts's range are checked for the whole batch at
+        once (_plain_ok); when that fails, the caller asks again with `plain_ok=False`.
+
+        Every other object goes through `is_event` (None: trusted, as insert_batch's events
+        are) and becomes a row of eight values.
+        """
+        key = self._user_key
+        dumps = orjson.dumps
+        plain: list[PlainRow] = []
+        add_plain = plain.append
+        full: list[FullRow] = []
+        bad = 0
+        for e in objects:
+            if plain_ok and type(e) is dict and len(e) == 5:
+                try:
+                    i = e["id"]
+                    event_type = e["event_type"]
+                    ts = e["ts"]
+                    params = e["params"]
+                    received_at = e["received_at"]
+                except KeyError:
+                    pass
+                else:
+                    if (type(i) is str and len(i) == 19 and type(event_type) is str
+                            and type(params) is dict
+                            and (type(ts) is float or _is_int64(ts))
+                            and (type(received_at) is float or _is_int64(received_at))):
+                        user = params.get(key)
+                        if type(user) is not str:
+                            user = 0 if user is None else str(user) if type(user) is int else (
+                                user_text(user))
+                        add_plain((i, event_type, ts, dumps(params).decode(), received_at, user))
+                        continue
+            if is_event is not None and not is_event(e):
+                bad += 1
+                continue
+            full.append(self._full_row(e))
+        return plain, full, bad
+
+    def _full_row(self, e: Event) -> FullRow:
+        params = e.get("params")
+        if type(params) is dict:
+            user = user_text(params.get(self._user_key))
+            text = orjson.dumps(params).decode()
+        else:
+            text, user = ("{}" if params is None else orjson.dumps(params).decode()), None
+        ts = e["ts"]
+        received_at = e.get("received_at")
+        event_id = e.get("event_id")
+        sent_at = e.get("sent_at")
+        # An explicit null counts as absent: bound as NULL into a NOT NULL column, INSERT OR
+        # IGNORE would drop the whole row without a word.
+        return (e["id"], e["event_type"], ts, text, ts if received_at is None else received_at,
+                0 if event_id is None else event_id, "" if sent_at is None else sent_at,
+                0 if user is None else user)
+
+    def insert_batch(self, events: list[Event], *,
+                     positions: Mapping[StreamKey, Position] | None = None) -> int:
+        """Insert parsed segment events; returns how many were new (see EventStore).
+
+        Args:
+            events: events with `id` (decimal string of an int64, or int), `event_type`, `ts`
+                and optionally `params`, `received_at`, `event_id`, `sent_at`.
+            positions: the loader's positions after these events, saved in the same
+                transaction (see load_positions); None leaves them as they are.
+        """
+        return self.insert_parsed(events, is_event=None, positions=positions).inserted
+
+    def insert_parsed(self, objects: list[Any], *, is_event: IsEvent | None,
+                      positions: Mapping[StreamKey, Position] | None = None) -> Committed:
+        """Insert the events among parsed segment lines, in one transaction with their
+        daily_stats counts and (when given) the loader's positions after them.
+
+        Args:
+            objects: the parsed lines.
+            is_event: which objects are events (the others are counted as bad and skipped);
+                None when every object is known to be one.
+            positions: see insert_batch.
+
+        Plain events are inserted in id order: with several streams in a batch, that makes
+        their rows and index entries appends instead of inserts between the rows of the
+        stream loaded before (about 7% of the instructions on the bench's two streams). Only
+        the order among equal event_ids could matter, and plain events have none.
+        """
+        con = self._writer_or_raise("insert")
+        plain, full, bad = self._split(objects, is_event)
+        plain.sort(key=_FIRST)
+        flat = list(chain.from_iterable(plain))
+        if flat and not _plain_ok(flat):
+            plain, full, bad = self._split(objects, is_event, plain_ok=False)
+            flat = []
+        ids: list[Any] = flat[0::_PLAIN_WIDTH]
+        ids += [row[0] for row in full]
+        if not ids and positions is None:
+            return Committed(ids, 0, bad)
         con.execute("BEGIN IMMEDIATE")
         try:
             before = con.total_changes
-            con.executemany(_INSERT, rows)
-            if con.total_changes - before != len(rows):
+            _insert(con, _PLAIN_ROW, _PLAIN_WIDTH, flat)
+            _insert(con, _FULL_ROW, _FULL_WIDTH, list(chain.from_iterable(full)))
+            inserted = len(ids)
+            if con.total_changes - before == inserted:
+                counts = _counts(flat, full)
+                users = _user_rows(plain, full)
+            else:
                 con.execute("ROLLBACK")
                 con.execute("BEGIN IMMEDIATE")
+                rows = [(*r[:5], 0, "", r[5]) for r in plain] + full
                 rows = self._insert_one_by_one(con, rows)
-                counts = {}
-                for row in rows:
-                    k = (int(row[2] // DAY_SECONDS), row[1])
-                    counts[k] = counts.get(k, 0) + 1
-            con.executemany(_UPSERT_DAILY, [(self._day_string(d), t, n)
-                                            for (d, t), n in counts.items()])
-            userhours.apply_batch(con, [(r[0], r[1], r[2], r[7]) for r in rows])
+                inserted = len(rows)
+                counts = Counter((r[2] // DAY_SECONDS, r[1]) for r in rows)
+                users = _user_rows([], rows)
+            if counts:
+                con.executemany(_UPSERT_DAILY, [(self._day_string(int(d)), t, n)
+                                                for (d, t), n in counts.items()])
+            userhours.apply_batch(con, users)
+            if positions is not None:
+                _write_positions(con, positions)
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        return len(rows)
+        return Committed(ids, inserted, bad)
 
     def _day_string(self, day: int) -> str:
         s = self._days.get(day)
@@ -207,15 +363,47 @@ class SQLiteStore:
         return s
 
     @staticmethod
-    def _insert_one_by_one(con: sqlite3.Connection, rows: list[Row]) -> list[Row]:
+    def _insert_one_by_one(con: sqlite3.Connection, rows: list[FullRow]) -> list[FullRow]:
         """Insert row by row; the rows that were new (not a known id or event_id)."""
         cur = con.cursor()
+        insert = _insert_sql(_FULL_ROW, _FULL_WIDTH, 1)
         kept = []
         for row in rows:
-            cur.execute(_INSERT, row)
+            cur.execute(insert, row)
             if cur.rowcount == 1:
                 kept.append(row)
         return kept
+
+    # -- the loader's position ---------------------------------------------------------------
+    def load_positions(self) -> dict[StreamKey, Position]:
+        """The positions saved with the last committed batch; empty for a new store."""
+        con = self._writer_or_raise("load positions")
+        rows = con.execute("SELECT datacenter, worker, segment, byte_offset "
+                           "FROM loader_position").fetchall()
+        return {(dc, worker): Position(segment, offset) for dc, worker, segment, offset in rows}
+
+    def save_positions(self, positions: Mapping[StreamKey, Position]) -> None:
+        """Save positions that move without loading anything (past finished segments)."""
+        self.insert_batch([], positions=positions)
+
+    def sync(self) -> None:
+        """Make every commit so far survive a power loss.
+
+        Commits are not fsynced (synchronous=NORMAL, see the module docstring); the committed
+        state of a WAL database is the main file plus the WAL, so fsyncing both makes it
+        durable. Costs two fsyncs: for the rare moments (retention) when the loader is about
+        to delete the only other copy of what it loaded.
+        """
+        self._writer_or_raise("sync")
+        for path in (self.path, Path(f"{self.path}-wal")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # no WAL: everything is in the main file
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------
     def query_events(self, *, page: int, limit: int, start: float | None, end: float | None,
@@ -339,3 +527,74 @@ def _count_events(con: sqlite3.Connection, start: float | None, end: float | Non
     where, args = _where(start, end, event_types, end_open=end_open)
     (n,) = con.execute(f"SELECT COUNT(*) FROM events{where}", args).fetchone()
     return int(n)
+
+
+def _is_int64(x: Any) -> bool:
+    return type(x) is int and -_INT64 <= x < _INT64
+
+
+def _plain_ok(flat: list[Any]) -> bool:
+    """The checks of _split's first branch done for the whole batch at once, in C: every id (19
+    characters) is ASCII digits of an int64, every ts in [0, MAX_TS) (its day has a string).
+    str.isdigit would accept other scripts' digits (and walks a Unicode table per character);
+    bytes.isdigit does neither."""
+    ids = flat[0::_PLAIN_WIDTH]
+    try:
+        digits = "".join(ids).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    tss = flat[2::_PLAIN_WIDTH]
+    return (digits.isdigit() and max(ids) <= _MAX_ID
+            and min(tss) >= 0 and max(tss) < MAX_TS)
+
+
+def _counts(flat: list[Any], full: list[FullRow]) -> Counts:
+    """Events per (day number, event type) of the rows: the plain ones (flat values) by
+    columns, in C; when they all fall on one UTC day (live traffic) only their types are
+    counted."""
+    tss = flat[2::_PLAIN_WIDTH]
+    types = flat[1::_PLAIN_WIDTH]
+    counts: Counts = Counter()
+    if tss:
+        day = min(tss) // DAY_SECONDS
+        if day == max(tss) // DAY_SECONDS:
+            counts.update({(day, t): n for t, n in Counter(types).items()})
+        else:
+            counts.update(zip(map(floordiv, tss, repeat(DAY_SECONDS)), types, strict=True))
+    counts.update((row[2] // DAY_SECONDS, row[1]) for row in full)
+    return counts
+
+
+@functools.cache
+def _insert_sql(row: str, width: int, rows: int) -> str:
+    """INSERT OR IGNORE of `rows` rows of the template `row`, its parameters numbered."""
+    return _INTO + ", ".join(row.format(*(f"?{r * width + c + 1}" for c in range(width)))
+                             for r in range(rows))
+
+
+def _user_rows(plain: list[PlainRow], full: list[FullRow]) -> list[tuple[Any, str, Any, str]]:
+    """(id, event_type, ts, user_id) of the new rows that have a user, for the analytics
+    tables (userhours.apply_batch); the user sentinel 0 means none."""
+    out = [(r[0], r[1], r[2], r[5]) for r in plain if r[5].__class__ is str]
+    out += [(r[0], r[1], r[2], r[7]) for r in full if r[7].__class__ is str]
+    return out
+
+
+def _insert(con: sqlite3.Connection, row: str, width: int, flat: list[Any]) -> None:
+    """INSERT OR IGNORE flat row values (`width` per row): whole statements of
+    ROWS_PER_STATEMENT rows, then the remainder one row per statement."""
+    if not flat:
+        return
+    step = width * ROWS_PER_STATEMENT
+    whole = len(flat) - len(flat) % step
+    if whole:
+        con.executemany(_insert_sql(row, width, ROWS_PER_STATEMENT),
+                        [flat[i:i + step] for i in range(0, whole, step)])
+    if whole < len(flat):
+        con.executemany(_insert_sql(row, width, 1),
+                        [flat[i:i + width] for i in range(whole, len(flat), width)])
+
+
+def _write_positions(con: sqlite3.Connection, positions: Mapping[StreamKey, Position]) -> None:
+    con.executemany(_UPSERT_POSITION, [(dc, worker, p.segment, p.offset)
+                                       for (dc, worker), p in positions.items()])

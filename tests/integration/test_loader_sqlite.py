@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import tempfile
 import threading
 import time
 import urllib.request
@@ -12,16 +14,20 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector.config import Config
 from collector.context import AppContext
 from collector.http.message import Request
 from collector.http.query_routes import routes
 from collector.metrics import Metrics
+from loader.analytics import userhours
 from loader.checkpoint import Checkpoint, Position
-from loader.daemon import EXIT_LOCKED, LoaderDaemon, checkpoint_path, main
+from loader.daemon import EXIT_LOCKED, LoaderDaemon, checkpoint_path, is_event, main
 from loader.lock import LoaderLock, LockHeld
 from loader.status import fill_metrics, read_status
+from loader.stores.base import user_text
 from loader.stores.sqlite import SQLiteStore
 from tests.fakes import FakeClock
 from tests.fixtures.store import StreamWriter, event_line, loader_config, seal
@@ -49,9 +55,37 @@ def test_loads_in_batches_and_checkpoints_after_commit(data_dir: Path, stream: S
     assert daemon.run_once() == 30
     assert all_ids(store) == sorted(e["id"] for e in events)
     assert daemon.counts["batches"] == 5  # 7 + 7 + 7 + 7 + 2
-    saved = Checkpoint(checkpoint_path(cfg)).load()
+    saved = store.load_positions()  # committed with the last batch, in the store itself
     assert saved == daemon.positions
     assert saved[(0, 0)].segment == int(events[20]["id"])
+    assert not checkpoint_path(cfg).exists()  # the JSON file is MongoDB's
+    store.close()
+
+
+def test_positions_commit_with_the_batch_or_not_at_all(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = loader_config(data_dir, batch_size=4)
+    stream.write(stream.events(10))
+    daemon, store = daemon_for(cfg, loader_clock)
+    batch = daemon.tailer.read({}, 4)
+    daemon._load(batch.lines, batch.positions, batch.streams)
+    committed = store.load_positions()
+    assert committed == batch.positions and store.count() == 4
+
+    def fail(con: Any, rows: Any) -> None:  # the last step before COMMIT
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(userhours, "apply_batch", fail)
+    second = daemon.tailer.read(daemon.positions, 4)
+    with pytest.raises(sqlite3.OperationalError):
+        daemon._load(second.lines, second.positions, second.streams)
+    # Neither the rows, nor their daily counts, nor the position moved.
+    assert store.load_positions() == committed == daemon.positions
+    assert store.count() == 4
+    assert sum(n for _, _, n in store.daily_stats(None, None, None)) == 4
+    monkeypatch.undo()
+    assert daemon.run_once() == 6 and store.count() == 10
     store.close()
 
 
@@ -71,14 +105,16 @@ def test_restart_resumes_from_the_checkpoint(data_dir: Path, stream: StreamWrite
     store.close()
 
 
-def test_replay_from_a_stale_checkpoint_inserts_nothing_twice(
+def test_replay_from_a_stale_position_inserts_nothing_twice(
         data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
     cfg = loader_config(data_dir)
     stream.write(stream.events(25))
     daemon, store = daemon_for(cfg, loader_clock)
     daemon.run_once()
-    checkpoint_path(cfg).unlink()  # a crash between the commit and the checkpoint, at worst
+    # A position older than the store: MongoDB's file after a crash between the insert and
+    # the rename, or a store restored from a backup newer than its positions.
     replay = LoaderDaemon(cfg, store, loader_clock)
+    replay.positions = {}
     assert replay.run_once() == 25
     assert replay.counts["events_inserted"] == 0
     assert store.count() == 25
@@ -143,16 +179,16 @@ def test_store_failure_keeps_the_position_and_retries(data_dir: Path, stream: St
     events = stream.events(5)
     stream.write(events)
     daemon, store = daemon_for(cfg, loader_clock)
-    real = store.insert_batch
+    real = store.insert_parsed
 
-    def failing(batch: list[dict[str, Any]]) -> int:
+    def failing(objects: list[Any], **kw: Any) -> Any:
         raise OSError("disk full")
 
-    store.insert_batch = failing  # type: ignore[method-assign]
+    store.insert_parsed = failing  # type: ignore[method-assign]
     with pytest.raises(OSError):
         daemon.run_once()
-    assert daemon.positions == {} and not checkpoint_path(cfg).exists()
-    store.insert_batch = real  # type: ignore[method-assign]
+    assert daemon.positions == {} and store.load_positions() == {}
+    store.insert_parsed = real  # type: ignore[method-assign]
     assert daemon.run_once() == 5
     assert store.count() == 5
     store.close()
@@ -204,21 +240,65 @@ def test_retention_keeps_the_segment_of_the_position_until_the_stream_moves_on(
     store.close()
 
 
-def test_restart_over_an_emptied_store_loads_everything_again(
+def wipe(cfg: Config) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cfg.sqlite_file}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_wiped_store_takes_its_positions_along(
         data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
     cfg = loader_config(data_dir)
     stream.write(stream.events(4))
     daemon, store = daemon_for(cfg, loader_clock)
     daemon.run_once()
     store.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{cfg.sqlite_file}{suffix}").unlink(missing_ok=True)
+    wipe(cfg)
+    again, store = daemon_for(cfg, loader_clock)
+    assert again.positions == {} and not again.start_over_if_store_is_empty()
+    assert again.run_once() == 4 and store.count() == 4
+    store.close()
+
+
+def test_positions_file_over_an_emptied_store_loads_everything_again(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    """The JSON file (MongoDB's) outlives a wiped store; the daemon notices at start."""
+    cfg = loader_config(data_dir)
+    stream.write(stream.events(4))
     store = SQLiteStore(cfg.sqlite_file)
-    again = LoaderDaemon(cfg, store, loader_clock)
-    assert again.run_once() == 0  # the checkpoint says: all loaded
+    daemon = LoaderDaemon(cfg, store, loader_clock,
+                          checkpoint=Checkpoint(checkpoint_path(cfg)))
+    daemon.run_once()
+    assert Checkpoint(checkpoint_path(cfg)).load() == daemon.positions
+    store.close()
+    wipe(cfg)
+    store = SQLiteStore(cfg.sqlite_file)
+    again = LoaderDaemon(cfg, store, loader_clock, checkpoint=Checkpoint(checkpoint_path(cfg)))
+    assert again.run_once() == 0  # the file says: all loaded
     assert again.start_over_if_store_is_empty()
     assert again.run_once() == 4 and store.count() == 4
     assert not again.start_over_if_store_is_empty()  # not empty any more
+    store.close()
+
+
+def test_retention_makes_the_store_durable_before_deleting(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, retention_days=0.5)
+    old = stream.write(stream.events(3))
+    age(old, 86_400, loader_clock.time())
+    stream.write(stream.events(2))
+    daemon, store = daemon_for(cfg, loader_clock)
+    seen: list[bool] = []
+    real_sync = store.sync
+
+    def sync() -> None:
+        seen.append(old.exists())  # the segment is still there when the barrier runs
+        real_sync()
+
+    store.sync = sync  # type: ignore[method-assign]
+    assert daemon.run_once() == 5  # loads both segments, then applies retention
+    assert not old.exists() and daemon.counts["segments_deleted"] == 1
+    assert seen == [True]
+    assert daemon.apply_retention() == 0 and seen == [True]  # nothing to delete: no fsync
     store.close()
 
 
@@ -430,3 +510,81 @@ async def test_limit_is_capped_and_bad_values_get_400(api: Any) -> None:
         assert words in out["message"], (body, out["message"])
     status, _ = await call(api, request("GET", "/api/events", query="page=-1"))
     assert status == 400
+
+
+# -- parsed lines into rows: the fast path agrees with is_event and stores the event -----------
+_ID0 = 1_058_897_343_283_200_000
+_numbers = st.one_of(st.floats(1e9, 2e9, allow_nan=False), st.integers(0, 2_000_000_000))
+# Only values orjson.loads can give: integers in [-2**63, 2**64 - 1], finite floats.
+_users = st.one_of(st.integers(-5, 2**64 - 1), st.text(max_size=3), st.none(), st.booleans(),
+                   st.floats(-2, 2, allow_nan=False), st.lists(st.integers(0, 3), max_size=2),
+                   st.dictionaries(st.sampled_from("ab"), st.integers(0, 3), max_size=1))
+_oddities = st.one_of(st.none(), st.booleans(), st.text(max_size=2), st.lists(st.integers()),
+                      st.integers(2**63, 2**64 - 1),
+                      st.floats(allow_nan=False, allow_infinity=False).map(lambda x: -x))
+
+
+@st.composite
+def _object(draw: st.DrawFn, n: int) -> Any:
+    """A parsed segment line: mostly events as the collector writes them, some with optional
+    fields, some broken in one field."""
+    if draw(st.integers(0, 30)) == 0:
+        return draw(st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers())))
+    params: dict[str, Any] = draw(st.dictionaries(st.sampled_from(["a", "b"]),
+                                                  st.integers(0, 9), max_size=2))
+    if draw(st.booleans()):
+        params["user_id"] = draw(_users)
+    e: dict[str, Any] = {"id": str(_ID0 + n), "event_type": draw(st.sampled_from("xyz")),
+                         "ts": draw(_numbers), "params": params, "received_at": draw(_numbers)}
+    for name, values in (("event_id", st.one_of(st.none(), st.sampled_from(["k1", "k2"]))),
+                         ("sent_at", st.one_of(st.none(), _numbers)),
+                         ("client_ts", _numbers)):
+        if draw(st.integers(0, 5)) == 0:
+            e[name] = draw(values)
+    if draw(st.integers(0, 6)) == 0:
+        del e[draw(st.sampled_from(["params", "received_at"]))]
+    if draw(st.integers(0, 5)) == 0:  # one field broken
+        field = draw(st.sampled_from(["id", "event_type", "ts", "params", "received_at",
+                                      "event_id", "sent_at"]))
+        e[field] = draw(st.one_of(_oddities, st.sampled_from([
+            "١٢٣", str(2**63), "9" * 20, "12a", "", -1, _ID0 + n, str(_ID0 + n)[1:]])))
+    return e
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), size=st.integers(0, 80))
+def test_parsed_lines_are_stored_as_their_events(data: st.DataObject, size: int) -> None:
+    objects = [data.draw(_object(n)) for n in range(size)]
+    valid = [e for e in objects if is_event(e)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "events.db")
+        try:
+            done = store.insert_parsed(objects, is_event=is_event, positions=None)
+            assert done.bad == len(objects) - len(valid)
+            assert sorted(map(int, done.ids)) == sorted(int(e["id"]) for e in valid)
+            con = store._writer
+            assert con is not None
+            got = {r[0]: r[1:] for r in con.execute("SELECT * FROM events")}
+            # First of each event_id wins; ids are unique here, so that is the only loss.
+            kept, seen = [], set()
+            for e in sorted(valid, key=lambda e: int(e["id"])):
+                if e.get("event_id") is not None:
+                    if e["event_id"] in seen:
+                        continue
+                    seen.add(e["event_id"])
+                kept.append(e)
+            assert done.inserted == len(kept) == len(got)
+            for e in kept:
+                params = e.get("params") or {}
+                ts = e["ts"]
+                ra = e.get("received_at")
+                assert got[int(e["id"])] == (
+                    e["event_type"], float(ts), orjson.dumps(params).decode(),
+                    float(ts if ra is None else ra), e.get("event_id"),
+                    None if e.get("sent_at") is None else float(e["sent_at"]),
+                    user_text(params.get("user_id"))), e
+            daily = con.execute("SELECT date(ts, 'unixepoch'), event_type, COUNT(*) "
+                                "FROM events GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+            assert store.daily_stats(None, None, None) == [tuple(r) for r in daily]
+        finally:
+            store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import orjson
 
 from collector.storage.segment import segment_name
 from loader.checkpoint import Position
-from loader.daemon import parse_lines
+from loader.daemon import gc_paused, parse_json, parse_lines
 from loader.tailer import Tailer, scan
 from tests.fakes import FakeClock
 from tests.fixtures.store import StreamWriter, event_line, seal
@@ -220,3 +221,70 @@ def test_parse_lines_skips_and_counts_what_is_not_an_event() -> None:
     events, bad = parse_lines(lines)
     assert [e["id"] for e in events] == ["42"]
     assert bad == 5
+
+
+def line(**fields: object) -> bytes:
+    event: dict[str, object] = {"id": "1058897343283200000", "event_type": "a", "ts": 1.5,
+                                "params": {"user_id": 1}, "received_at": 2.0}
+    event.update(fields)
+    return orjson.dumps({k: v for k, v in event.items() if v is not ...})
+
+
+def test_parse_lines_accepts_events_with_any_optional_field_shape() -> None:
+    lines = [line(), line(id=7), line(id="0"), line(ts=3), line(params=None), line(params=...),
+             line(received_at=...), line(received_at=None), line(event_id="k", sent_at=4),
+             line(event_id=None, sent_at=None), line(client_ts=5.5),
+             line(id=str(2**63 - 1)), line(ts=253_402_300_799.5)]
+    events, bad = parse_lines(lines)
+    assert (len(events), bad) == (len(lines), 0)
+
+
+def test_parse_lines_rejects_what_a_store_would_fail_on_at_every_retry() -> None:
+    # Each of these would make the insert raise (or lose the row) on every retry of the
+    # batch, wedging the loader: they are counted and skipped instead.
+    lines = [line(id="\u0661\u0662"),  # Arabic-Indic digits: isdigit() yet not SQL integers
+             line(id=str(2**63)), line(id="9" * 20), line(id=-1), line(id=2**63), line(id=""),
+             line(id=True), line(event_type=None), line(ts=True), line(ts="1"), line(ts=-1),
+             line(ts=253_402_300_800), line(ts=2**64 - 1), line(params=[1]),
+             line(received_at="now"), line(received_at=2**63), line(event_id=5),
+             line(sent_at="x"), line(sent_at=False)]
+    events, bad = parse_lines(lines)
+    assert (events, bad) == ([], len(lines))
+
+
+def test_parse_json_takes_each_line_alone_when_one_is_not_json() -> None:
+    assert parse_json([b"{}", b"[1]"]) == ([{}, [1]], 0)
+    assert parse_json([b"{}", b"  ", b"{x", b"2"]) == ([{}, 2], 1)  # blank: not bad
+
+
+def test_gc_paused_restores_the_collector_whatever_happens() -> None:
+    assert gc.isenabled()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
+
+
+def test_each_busy_stream_gets_its_share_of_a_batch(tmp_path: Path) -> None:
+    tailer, _, d = make(tmp_path)
+    writers = [StreamWriter(d, worker=w) for w in (1, 2, 3)]
+    for w in writers[:2]:
+        w.write(w.events(50))
+    writers[2].write(writers[2].events(4))
+    batch = tailer.read({}, 30)
+    # 10 lines each at first; the room left by the stream that had 4 goes to the others.
+    assert batch.streams[(0, 3)] == 4
+    assert sorted(batch.streams.values()) == [4, 13, 13]
+    assert len(batch.lines) == 30
+    again = tailer.read(batch.positions, 1000)
+    assert len(again.lines) == 100 + 4 - 30  # nothing lost or read twice
