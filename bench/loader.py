@@ -1,20 +1,23 @@
 """Loader and query benchmark (issue 4 targets).
 
 1. Loading: N events in segment files (2 streams, 64 MiB-ish segments scaled down) are loaded
-   into a fresh SQLite store by `LoaderDaemon.run_once` (read, parse, insert, daily_stats and
-   positions in one transaction per batch), pinned to one core. Printed next to references on
-   the same rows, core and pragmas: a plain `executemany` of pre-built tuples into the same
+   into a fresh SQLite store by `LoaderDaemon.run_once` (read, parse, insert, daily_stats, the
+   per-user-hour analytics tables and positions in one transaction per batch), pinned to one
+   core. Printed next to references on the same rows, core and pragmas: the loader without the
+   analytics tables (what they cost), a plain `executemany` of pre-built tuples into the same
    schema (one transaction per batch, nothing else), the same without secondary indexes, and
-   orjson parsing alone. `--runs N` repeats the loader and the plain reference N times, each
-   into a fresh store, and prints the medians and their ratio: on a shared machine the ratio
-   is steadier than either figure. CPU time (user + system of this process) is the figure to
-   read there; wall time also counts waiting for the core.
+   orjson parsing alone. `--runs N` repeats the loaders and the plain reference N times, each
+   into a fresh store, and prints the medians and the ratio of the loader's rate to the
+   reference's: on a shared machine the ratio is steadier than either figure. CPU time (user +
+   system of this process) is the figure to read there; wall time also counts waiting for the
+   core. The analytics tables cost grows with the users active per hour (`--users`; the
+   default, 100,000 users drawn at random, makes nearly every event a new user-hour).
 2. Query: a store of M events (built fast: rows first, indexes after) is queried the way
    `POST /api/events/query` does for one event type and one UTC day; p50/p90 of
    `store.query_events` and of the HTTP handler itself (body parsing, executor hop, JSON).
 
     .venv/bin/python bench/loader.py                       # 500k load, 10M query store
-    .venv/bin/python bench/loader.py --query-events 0 --runs 5   # the loading figure alone
+    .venv/bin/python bench/loader.py --query-events 0 --runs 5   # the loading figures alone
     .venv/bin/python bench/loader.py --events 200000 --query-events 1000000 --cpu 0
 
 Target: loading >= 100,000 events/s on one core; query p50 < 50 ms on 10M events.
@@ -46,6 +49,7 @@ from collector.http.query_routes import routes  # noqa: E402
 from collector.metrics import Metrics  # noqa: E402
 from collector.storage.segment import segment_name  # noqa: E402
 from loader.aggregate import day_of  # noqa: E402
+from loader.analytics import userhours  # noqa: E402
 from loader.daemon import LoaderDaemon  # noqa: E402
 from loader.stores.sqlite import SCHEMA, SQLiteStore  # noqa: E402
 
@@ -61,15 +65,17 @@ def snowflake(ms: int, worker: int, seq: int) -> int:
     return ((ms - EPOCH_MS) << 22) | (worker << 12) | seq
 
 
-def make_lines(n: int, *, days: int, rng: random.Random) -> list[list[bytes]]:
-    """Segment lines for two streams; events spread evenly over `days` days."""
+def make_lines(n: int, *, days: int, rng: random.Random,
+               users: int = 100_000) -> list[list[bytes]]:
+    """Segment lines for two streams; events spread evenly over `days` days, each from one of
+    `users` users drawn at random."""
     streams: list[list[bytes]] = [[], []]
     step_ms = max(1, days * 86_400_000 // n)
     for i in range(n):
         w = i % 2
         ms = START * 1000 + i * step_ms
         ev = {"id": str(snowflake(ms, w, i % 4096)), "event_type": rng.choice(TYPES),
-              "ts": ms / 1000, "params": {"user_id": rng.randint(1, 100_000), "plan": "pro",
+              "ts": ms / 1000, "params": {"user_id": rng.randint(1, users), "plan": "pro",
                                           "path": f"/p/{i % 97}"},
               "received_at": ms / 1000 + 0.004}
         streams[w].append(orjson.dumps(ev))
@@ -135,12 +141,20 @@ def plain_executemany(path: Path, rows: list[tuple[Any, ...]], batch: int,
     return t
 
 
-def load_once(cfg: Config, events: int) -> Timer:
-    """One run of the loader over every segment into a fresh store."""
+def load_once(cfg: Config, events: int, *, analytics_tables: bool = True) -> Timer:
+    """One run of the loader over every segment into a fresh store. Without analytics tables,
+    the per-user-hour summaries (loader/analytics/userhours.py) are not kept: a reference
+    for what they cost, not a configuration of the product."""
     store = SQLiteStore(cfg.sqlite_file, user_key=cfg.stats.user_key)
     daemon = LoaderDaemon(cfg, store, SystemClock())
-    with Timer() as t:
-        loaded = daemon.run_once()
+    real = userhours.apply_batch
+    if not analytics_tables:
+        userhours.apply_batch = lambda con, rows: None
+    try:
+        with Timer() as t:
+            loaded = daemon.run_once()
+    finally:
+        userhours.apply_batch = real
     assert loaded == events == store.count(), (loaded, store.count())
     store.close()
     return t
@@ -148,35 +162,47 @@ def load_once(cfg: Config, events: int) -> Timer:
 
 def bench_load(args: argparse.Namespace, tmp: Path) -> None:
     rng = random.Random(1)
-    streams = make_lines(args.events, days=7, rng=rng)
-    size = write_segments(tmp / "load" / "segments", streams, args.per_segment)
-    base = with_overrides(Config(), data_dir=str(tmp / "load"))  # type: ignore[arg-type]
-    if args.batch_size:
-        base = with_overrides(base, loader={"batch_size": args.batch_size})
-    batch = base.loader.batch_size
+    streams = make_lines(args.events, days=7, rng=rng, users=args.users)
+    segments = tmp / "segments"
+    size = write_segments(segments, streams, args.per_segment)
+    loader = {"batch_size": args.batch_size} if args.batch_size else {}
+
+    def fresh(name: str) -> Config:
+        """A data directory of its own (store, positions) over the shared segments."""
+        return with_overrides(Config(), data_dir=str(tmp / name),  # type: ignore[arg-type]
+                              segments={"dir": str(segments)}, loader=loader)
+
+    batch = fresh("x").loader.batch_size
     all_lines = streams[0] + streams[1]
     with Timer() as parse:
         rows = rows_of(all_lines)
     n = len(rows)
     print(f"load: {args.events:,} events, {size / 2**20:.0f} MiB of segments, "
-          f"batch {batch}, synchronous={SYNCHRONOUS}")
+          f"{args.users:,} users, batch {batch}, synchronous={SYNCHRONOUS}")
     loads: list[Timer] = []
+    bare: list[Timer] = []
     refs: list[Timer] = []
     for run in range(args.runs):
-        cfg = with_overrides(base, store={"sqlite_path": f"events-{run}.db"})
-        loads.append(load_once(cfg, args.events))
+        loads.append(load_once(fresh(f"loader-{run}"), args.events))
+        bare.append(load_once(fresh(f"bare-{run}"), args.events, analytics_tables=False))
         refs.append(plain_executemany(tmp / f"ref-{run}.db", rows, batch, indexes=True))
         if args.runs > 1:
-            print(f"  run {run + 1}: loader {loads[-1].rates(n)}   reference {refs[-1].rates(n)}")
+            print(f"  run {run + 1} CPU: loader {n / loads[-1].cpu:>9,.0f} /s   "
+                  f"without analytics tables {n / bare[-1].cpu:>9,.0f} /s   "
+                  f"reference {n / refs[-1].cpu:>9,.0f} /s")
     floor = plain_executemany(tmp / "floor.db", rows, batch, indexes=False)
-    label = "median of " + str(args.runs) if args.runs > 1 else "one run"
-    print(f"  loader: read, parse, insert, daily_stats, positions  {median_rates(loads, n)}"
-          f"   ({label})")
-    print(f"  reference: executemany of ready rows, same schema   {median_rates(refs, n)}")
-    print(f"  reference: executemany, no secondary index          {floor.rates(n)}")
-    print(f"  reference: orjson parse + row tuples only           {parse.rates(n)}")
-    ratio = statistics.median(r.cpu for r in refs) / statistics.median(t.cpu for t in loads)
-    print(f"  loader / reference (CPU): {ratio:.2f}")
+    if args.runs > 1:
+        print(f"  medians of {args.runs} runs:")
+    print(f"  loader (with the analytics tables)              {median_rates(loads, n)}")
+    print(f"  loader without the analytics tables (reference) {median_rates(bare, n)}")
+    print(f"  reference: executemany of ready rows            {median_rates(refs, n)}")
+    print(f"  reference: executemany, no secondary index      {floor.rates(n)}")
+    print(f"  reference: orjson parse + row tuples only       {parse.rates(n)}")
+    ref_cpu = statistics.median(r.cpu for r in refs)
+    with_tables = ref_cpu / statistics.median(t.cpu for t in loads)
+    without = ref_cpu / statistics.median(t.cpu for t in bare)
+    print(f"  loader rate / executemany rate (CPU time): {with_tables:.2f}; without the "
+          f"analytics tables {without:.2f}")
 
 
 def median_rates(timers: list[Timer], n: int) -> str:
@@ -283,6 +309,9 @@ def main() -> int:
                         help="loader.batch_size (0: the configured default)")
     parser.add_argument("--runs", type=int, default=1,
                         help="loader and reference runs (medians are printed)")
+    parser.add_argument("--users", type=int, default=100_000,
+                        help="distinct users the events are drawn from (the analytics tables "
+                             "cost grows with users per hour)")
     parser.add_argument("--query-events", type=int, default=10_000_000,
                         help="size of the store queried (0: skip the query benchmark)")
     parser.add_argument("--queries", type=int, default=200)
