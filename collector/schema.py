@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
-from itertools import islice
-from operator import itemgetter, lt
+from itertools import islice, repeat
+from operator import eq, itemgetter, lt
 from typing import Any, NoReturn
 
 import orjson
@@ -207,7 +208,8 @@ def validate_event(obj: Any, received_at: float, limits: EventLimits) -> dict[st
 
 
 def validate_batch(
-    items: list[Any], received_at: float, limits: EventLimits, *, body: bytes | None = None
+    items: list[Any], received_at: float, limits: EventLimits, *, body: bytes | None = None,
+    texts: list[bytes] | None = None,
 ) -> list[dict[str, Any]]:
     """Validate every item, all-or-nothing.
 
@@ -219,6 +221,9 @@ def validate_batch(
             the params depth check be skipped for the whole batch when the body has too few
             brackets for any params to be that deep (see `_validate_all`). Never pass bytes
             other than those `items` came from.
+        texts: optional, an empty list that may be filled with each returned event's JSON
+            (as `orjson.dumps` gives it), when validation had to serialize them anyway; pass
+            it on to `encode_batch`. Left empty otherwise.
 
     Returns:
         The normalized events, in order (see `validate_event`).
@@ -236,6 +241,10 @@ def validate_batch(
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
     openers = None if body is None else body.count(b"{") + body.count(b"[")
+    if count >= _COLUMNS_FROM:
+        fast = _validate_columns(items, ra, upper, limits.max_depth, openers, texts)
+        if fast is not None:
+            return fast
     try:
         return _validate_all(items, ra, upper, limits.max_depth, openers)
     except BadEvent:
@@ -354,6 +363,75 @@ def _validate_all(
     if openers is None or openers - 2 * len(out) + missing_params >= max_depth:
         _check_depths(out, max_depth)
     return out
+
+
+_COLUMNS_FROM = 8
+"""Batches of at least this many items try `_validate_columns` first; below it the loop wins."""
+_SHAPE = ("event_type", "ts", "params")
+_ONLY_DICT = {dict}
+_ONLY_STR = {str}
+_ONLY_INT = {int}
+_NUMBERS = frozenset((int, float))
+_get_type = itemgetter("event_type")
+_get_ts = itemgetter("ts")
+_get_params = itemgetter("params")
+_NOT_OPENER_OR_NL = bytes(sorted(set(range(256)) - set(b"{[\n")))
+
+
+def _validate_columns(
+    items: list[Any], ra: float, upper: float, max_depth: int, openers: int | None,
+    texts: list[bytes] | None,
+) -> list[dict[str, Any]] | None:
+    """The rules of `_validate_all` checked a column at a time, for the common batch.
+
+    The per-event loop costs about 1.5 µs of bytecode per event; the target of 400,000
+    events/s on one core leaves less than that for everything. Here every check runs over a
+    whole column inside C (`map`, `set`, `min`/`max`, `all`), so the Python cost is per batch,
+    not per event. It accepts only batches in which every item has exactly the canonical shape
+    `{"event_type": str, "ts": int|float, "params": dict}` in that key order, with an
+    event_type that needs no stripping; such items are already normalized, so they are
+    returned as they are (the list itself: no copy). Anything else, valid or not, answers None
+    and the caller runs the loop, which owns the error messages and every other shape. The
+    loop is the specification: this function must never accept what the loop would reject
+    (tests/unit/test_schema.py compares the two on generated batches).
+    """
+    if set(map(type, items)) != _ONLY_DICT or set(map(tuple, items)) != {_SHAPE}:
+        return None
+    types = list(map(_get_type, items))
+    if set(map(type, types)) != _ONLY_STR or list(map(str.strip, types)) != types:
+        return None
+    for event_type in set(types):
+        if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or \
+                not event_type.isprintable():
+            return None
+    stamps = list(map(_get_ts, items))
+    kinds = set(map(type, stamps))
+    if kinds == _ONLY_INT:
+        if min(stamps) < 0 or max(stamps) > math.floor(upper):
+            return None
+    elif not kinds <= _NUMBERS or not all(map(eq, stamps, stamps)) or min(stamps) < 0 or \
+            max(stamps) > upper:
+        # (x == x is False only for NaN, which min/max would let through.)
+        return None
+    params = list(map(_get_params, items))
+    if set(map(type, params)) != _ONLY_DICT:
+        return None
+    if openers is None or openers - 2 * len(items) >= max_depth:
+        # The bracket count of each params' JSON bounds its depth (see _check_depths); here
+        # it is counted in the JSON of the whole event (one more `{`), which encode_batch can
+        # then use instead of serializing each event a second time. One translate over all of
+        # them keeps only the brackets and the separators (JSON from orjson has no raw
+        # newline), so the count per event is a len().
+        try:
+            dumped = list(map(orjson.dumps, items))
+        except orjson.JSONEncodeError:
+            return None
+        brackets = b"\n".join(dumped).translate(None, _NOT_OPENER_OR_NL).split(b"\n")
+        if max(map(len, brackets)) > max_depth + 1:
+            return None
+        if texts is not None:
+            texts[:] = dumped
+    return items
 
 
 def _check_depths(events: list[dict[str, Any]], max_depth: int) -> None:
@@ -560,7 +638,10 @@ def encode_line(event: dict[str, Any], snowflake: int, received_at: float) -> by
     return orjson.dumps({"id": str(snowflake), **line}, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: float) -> bytes:
+def encode_batch(
+    events: list[dict[str, Any]], ids: list[int], received_at: float,
+    texts: list[bytes] | None = None,
+) -> bytes:
     """The lines of `encode_line` for every event, joined into one bytes object.
 
     Also adds `"id"` (int) and `"received_at"` to each event dict, so that the caller can hand
@@ -576,6 +657,9 @@ def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: floa
     An event with more than the three basic keys (event_id, sent_at, client_ts, or an event
     encoded before) is serialized from its canonical dict, which already holds received_at
     in its place, and ends in a bare `}\\n`.
+
+    `texts`, if given, is what `validate_batch` filled in: `orjson.dumps` of each event as it
+    is now (three keys), used instead of serializing them again.
 
     Raises:
         ValueError: `events` and `ids` differ in length.
@@ -597,7 +681,10 @@ def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: floa
     tail = b',"received_at":%b}\n' % dumps(ra)
     parts: list[bytes] = [b""] * (4 * count)
     parts[0::4], parts[1::4] = _id_pieces(ids)
-    if max(map(len, events)) == 3:
+    if texts:
+        parts[2::4] = map(_inner, texts)
+        parts[3::4] = [tail] * count
+    elif max(map(len, events)) == 3:
         parts[2::4] = map(_inner, map(dumps, events))
         parts[3::4] = [tail] * count
     else:
@@ -612,9 +699,9 @@ def encode_batch(events: list[dict[str, Any]], ids: list[int], received_at: floa
                 ends.append(b"}\n")
         parts[2::4] = bodies
         parts[3::4] = ends
-    for event, snowflake in zip(events, ids, strict=True):
-        event["id"] = snowflake
-        event["received_at"] = ra
+    # event["id"] = snowflake; event["received_at"] = ra, for every event, looped in C.
+    deque(map(dict.__setitem__, events, repeat("id"), ids), maxlen=0)
+    deque(map(dict.__setitem__, events, repeat("received_at"), repeat(ra, count)), maxlen=0)
     return b"".join(parts)
 
 

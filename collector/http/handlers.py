@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Awaitable
+from functools import partial
 from typing import Any
-
-import orjson
 
 from collector import __version__
 from collector.auth import check_write
 from collector.context import AppContext
 from collector.errors import BadEvent, StorageUnavailable
-from collector.http.message import Request, Response, error_response, json_response
+from collector.http.message import Deferred, Request, Response, error_response, json_response
 from collector.http.router import Route
 from collector.metrics import merge_snapshots, render
 from collector.metrics_files import loader_snapshot, read_peer_snapshots
@@ -60,7 +58,7 @@ class Ingest:
 
     # -- POST /api/events ----------------------------------------------------------------------
 
-    def post(self, request: Request) -> Response | Awaitable[Response]:
+    def post(self, request: Request) -> Response | Deferred:
         if self.write_keys:
             denied = check_write(request, self.write_keys)
             if denied is not None:
@@ -80,14 +78,15 @@ class Ingest:
         received_at = self.ctx.clock.time()
         try:
             items, _ = parse_body(body)
-            events = validate_batch(items, received_at, self.limits, body=body)
+            texts: list[bytes] = []
+            events = validate_batch(items, received_at, self.limits, body=body, texts=texts)
         except TooManyEvents as e:
             return self._reject(request, body, 413, "too_many_events", e.message)
         except BatchRejected as e:
             return self._reject(request, body, 400, "invalid_events", e.message, e.errors)
         except BadEvent as e:
             return self._reject(request, body, 400, "invalid_event", e.message)
-        return self._store(events, received_at, False)
+        return self._store(events, received_at, False, texts)
 
     def _decode(self, body: bytes, encoding: bytes) -> bytes | Response:
         enc = encoding.strip().lower()
@@ -129,30 +128,35 @@ class Ingest:
             payload["errors"] = errors
         return json_response(status, payload)
 
-    def _store(self, events: list[dict[str, Any]], received_at: float,
-               pixel: bool) -> Response | Awaitable[Response]:
+    def _store(self, events: list[dict[str, Any]], received_at: float, pixel: bool,
+               texts: list[bytes] | None = None) -> Response | Deferred:
         ctx = self.ctx
         ids = ctx.ids.next_ids(len(events)) if len(events) > 1 else [ctx.ids.next_id()]
-        data = encode_batch(events, ids, received_at)
+        data = encode_batch(events, ids, received_at, texts)
+        reply = Deferred()
+        # The events are only needed again by the processors. Without any, drop them now:
+        # holding every request's parsed objects until the end of the loop iteration frees
+        # them all at once, and pymalloc then returns its arenas to the kernel and faults them
+        # back in on the next iteration (measured: a third of the batch throughput).
+        kept = events if ctx.processors else None
         try:
-            pending = ctx.writer.write(data, ids[0])
+            ctx.writer.submit(data, ids[0], partial(self._stored, reply, kept, ids, len(data),
+                                                    pixel))
         except StorageUnavailable as e:
             return self._unavailable(e)
-        if pending is None:
-            return self._accepted(events, ids, len(data), pixel)
-        return self._await_durable(pending, events, ids, len(data), pixel)
+        return reply
 
-    async def _await_durable(self, pending: Awaitable[None], events: list[dict[str, Any]],
-                             ids: list[int], nbytes: int, pixel: bool) -> Response:
-        try:
-            await pending
-        except StorageUnavailable as e:
-            return self._unavailable(e)
-        return self._accepted(events, ids, nbytes, pixel)
+    def _stored(self, reply: Deferred, events: list[dict[str, Any]] | None, ids: list[int],
+                nbytes: int, pixel: bool, error: StorageUnavailable | None) -> None:
+        """The writer's verdict on one request's lines (called once, from the event loop)."""
+        if error is None:
+            reply.resolve(self._accepted(events, ids, nbytes, pixel))
+        else:
+            reply.resolve(self._unavailable(error))
 
-    def _accepted(self, events: list[dict[str, Any]], ids: list[int], nbytes: int,
+    def _accepted(self, events: list[dict[str, Any]] | None, ids: list[int], nbytes: int,
                   pixel: bool) -> Response:
-        for proc in self.ctx.processors:
+        for proc in self.ctx.processors if events is not None else ():
             try:
                 proc.add(events)
             except Exception:
@@ -160,15 +164,15 @@ class Ingest:
                 self.metrics.inc("collector_processor_errors_total",
                                  processor=type(proc).__name__)
                 log.exception("processor %s failed", type(proc).__name__)
-        self._accepted_cell[0] += len(events)
+        self._accepted_cell[0] += len(ids)
         self._bytes_cell[0] += nbytes
         if pixel:
             return Response(200, PIXEL_GIF, "image/gif",
                             [("cache-control", "no-store, max-age=0")])
         if len(ids) == 1:  # the common single-event request: no list to build
             return Response(202, b'{"status":"accepted","accepted":1,"ids":["%d"]}' % ids[0])
-        body = b'{"status":"accepted","accepted":%d,"ids":%s}' % (
-            len(ids), orjson.dumps([str(i) for i in ids]))
+        body = b'{"status":"accepted","accepted":%d,"ids":["%b"]}' % (
+            len(ids), '","'.join(map(str, ids)).encode())
         return Response(202, body)
 
     def _unavailable(self, e: StorageUnavailable) -> Response:
@@ -180,7 +184,7 @@ class Ingest:
 
     # -- GET /api/events/pixel.gif ---------------------------------------------------------------
 
-    def pixel(self, request: Request) -> Response | Awaitable[Response]:
+    def pixel(self, request: Request) -> Response | Deferred:
         if self.write_keys:
             denied = check_write(request, self.write_keys)
             if denied is not None:

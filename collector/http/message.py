@@ -1,9 +1,11 @@
 """Request and Response as handlers see them.
 
-Handlers are plain callables `handler(request) -> Response | Awaitable[Response]`. Returning a
-Response directly (no coroutine) is the fast path: the protocol writes it without scheduling a
-task. Handlers that must wait (group-committed fsync, a store query in a thread) return an
-awaitable and the protocol keeps pipelined responses in order.
+Handlers are plain callables `handler(request) -> Response | Deferred | Awaitable[Response]`.
+Returning a Response directly (no coroutine) is the fast path: the protocol writes it without
+scheduling a task. Ingestion returns a `Deferred` (answered by a callback once the segment
+writer has the bytes, still without a task). Handlers that must wait on something else (a store
+query in a thread) return an awaitable. Either way the protocol keeps pipelined responses in
+order.
 """
 
 from __future__ import annotations
@@ -57,7 +59,41 @@ class Response:
     """Close the connection after this response (used after protocol errors)."""
 
 
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
+class Deferred:
+    """A response that a callback will supply later: the cheap alternative to a coroutine.
+
+    Ingestion answers only once the segment writer has the bytes, which happens at the end of
+    the event-loop iteration (all requests of an iteration share one write). Wrapping every
+    request in a task to wait for that would cost more than the rest of the request; instead
+    the handler returns a Deferred, the protocol registers itself with `on_response` and the
+    writer's completion callback calls `resolve`. Either may come first.
+    """
+
+    __slots__ = ("_waiter", "_response")
+
+    def __init__(self) -> None:
+        self._waiter: Callable[[Response], None] | None = None
+        self._response: Response | None = None
+
+    def on_response(self, waiter: Callable[[Response], None]) -> None:
+        """Call `waiter(response)` once the response is known (now, if it already is)."""
+        response = self._response
+        if response is not None:
+            self._response = None
+            waiter(response)
+        else:
+            self._waiter = waiter
+
+    def resolve(self, response: Response) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self._response = response
+        else:
+            self._waiter = None
+            waiter(response)
+
+
+Handler = Callable[[Request], "Response | Deferred | Awaitable[Response]"]
 
 
 def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -5,8 +5,10 @@ Theory of operation
 One `HttpProtocol` per connection. `data_received` feeds the parser and then drains it with
 `_process()`: a RequestHead starts a request, Body events accumulate, EndOfMessage dispatches
 to the router. A handler that returns a `Response` is answered immediately, inside the same
-`data_received` call (the fast path: no task, no future); one that returns an awaitable runs as
-a task, and the connection is *busy* until it finishes.
+`data_received` call (the fast path: no task, no future); one that returns a `Deferred` (the
+ingestion route, waiting for the segment writer's shared append) is answered by its callback;
+one that returns an awaitable runs as a task. Until the answer is written the connection is
+*busy*.
 
 Pipelining: the parser pauses after each request until `start_next_cycle()`, which we call only
 after the response has been written. Requests a client pipelines therefore wait in the parser's
@@ -45,7 +47,7 @@ from collector.http.events import (
     EndOfMessage,
     RequestHead,
 )
-from collector.http.message import Request, Response, error_response
+from collector.http.message import Deferred, Request, Response, error_response
 from collector.http.parser import ParserLimits, RequestParser
 from collector.http.response import CONTINUE, DateCache, serialize
 from collector.http.router import Router
@@ -93,7 +95,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "state", "loop", "parser", "transport", "client", "head", "parts", "busy",
         "write_paused", "read_paused", "deadline", "timer_kind", "continue_sent", "closed",
-        "started",
+        "started", "label",
     )
 
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
@@ -113,6 +115,8 @@ class HttpProtocol(asyncio.Protocol):
         self.continue_sent = False
         self.closed = False
         self.started = 0.0
+        self.label = ""
+        """The metrics label of the request whose Deferred response is pending."""
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -259,13 +263,26 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("handler for %s %s failed", head.method, path)
             self._respond(_internal_error(), label)
             return
-        if type(result) is Response:
+        rtype = type(result)
+        if rtype is Response:
             self._respond(result, label)
             return
         self.busy = True
+        if rtype is Deferred:
+            self.label = label
+            result.on_response(self._on_deferred)  # type: ignore[union-attr]
+            return
         task = asyncio.ensure_future(result)  # type: ignore[arg-type]
         self.state.tasks.add(task)
         task.add_done_callback(lambda t: self._on_task_done(t, label))
+
+    def _on_deferred(self, resp: Response) -> None:
+        self.busy = False
+        if self.closed:
+            return  # the client left; whatever was stored stays stored
+        self._respond(resp, self.label)
+        self._resume_reading()
+        self._process()
 
     def _on_task_done(self, task: asyncio.Future[Response], label: str) -> None:
         self.state.tasks.discard(task)

@@ -2,13 +2,15 @@
 
 Theory of operation
 -------------------
-The request handler calls `write(data, first_id)` once per request with the request's events as
-complete NDJSON lines. The bytes are appended to the active segment synchronously, on the event
-loop thread, with one `write` and one `fstat`: appending is cheap (a copy into the page cache) and
-doing it inline makes the file order equal the call order with no queue and no lock.
+The request handler calls `submit(data, done)` once per request with the request's events as
+complete NDJSON lines. Everything submitted during one event-loop iteration is appended at the
+end of it by one write(2) (`_flush`, scheduled with call_soon), on the event loop thread: one
+syscall and one fstat per iteration instead of per request, and still no queue between threads
+and no lock; the file order is the submission order. `write(data, first_id)` appends at once
+(tests and tools use it; it flushes what is queued first).
 
-* durability "os": the append is the acknowledgement. `write` returns None and the handler
-  answers 202 at once; the bytes survive a crash of the process. No thread is involved.
+* durability "os": the append is the acknowledgement: `done(None)` right after the shared
+  write (`write` returns None); the bytes survive a crash of the process. No thread is involved.
 * durability "fsync": group commit, as in a database log or Redis's `appendfsync always`.
   `write` returns a future that resolves once an fsync that started after the append has
   completed. At most one commit job runs at a time, in the loop's default executor; requests
@@ -58,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 
 from collector.clock import Clock
 from collector.errors import StorageUnavailable
@@ -69,6 +72,8 @@ logger = logging.getLogger(__name__)
 DURABILITIES = ("os", "fsync")
 
 _Waiters = list["asyncio.Future[None]"]
+Done = Callable[[StorageUnavailable | None], None]
+"""What `submit` calls once a request's lines are acknowledged (None) or lost (the error)."""
 _Item = tuple[Segment, bool, _Waiters]
 """One unit of a commit job: (segment, seal it (True) or only fsync it (False), its waiters)."""
 
@@ -88,6 +93,23 @@ def _run_commit(work: list[tuple[Segment, bool]]) -> tuple[int, StorageUnavailab
         except StorageUnavailable as exc:
             return done, exc
     return len(work), None
+
+
+def _call_all(dones: list[Done], error: StorageUnavailable | None) -> None:
+    for done in dones:
+        try:
+            done(error)
+        except Exception:  # one broken callback must not leave the others unanswered
+            logger.exception("segment write callback failed")
+
+
+def _call_when_done(dones: list[Done], future: asyncio.Future[None]) -> None:
+    if future.cancelled():
+        _call_all(dones, StorageUnavailable("segment commit was cancelled (shutting down)"))
+        return
+    error = future.exception()
+    _call_all(dones, error if isinstance(error, StorageUnavailable) or error is None
+              else StorageUnavailable(f"segment commit failed: {error!r}"))
 
 
 def _resolve(waiters: _Waiters) -> None:
@@ -139,6 +161,10 @@ class SegmentWriter:
         self._next_probe_at = 0.0
         self._closed = False
         self._refused_at_incident = 0
+        self._queued: list[bytes] = []
+        """Lines submitted during this event-loop iteration, appended together by _flush."""
+        self._queued_done: list[Done] = []
+        self._queued_first = 0
         self._unsynced: _Waiters = []
         self._to_seal: list[tuple[Segment, _Waiters]] = []
         self._job: asyncio.Future[tuple[int, StorageUnavailable | None]] | None = None
@@ -166,8 +192,54 @@ class SegmentWriter:
 
     # --- the hot path -------------------------------------------------------------------------
 
+    def submit(self, data: bytes, first_id: int, done: Done) -> None:
+        """Queue one request's lines; `done(None)` once acknowledged, `done(error)` if not.
+
+        The request path's way in. Every request submitted during one event-loop iteration is
+        appended by one `write` at the end of it (`_flush`, scheduled with call_soon), so a
+        busy worker pays one write(2) and one fstat(2) per iteration instead of per request,
+        and "os" durability still acknowledges only bytes the kernel has. The lines of each
+        request stay whole and in submission order (ids are minted in that order, so the
+        segment stays sorted); if the shared append fails, nothing of it is in the file and
+        every request in it gets the error. `done` is called from the event loop, exactly
+        once, after `submit` has returned.
+
+        Raises:
+            StorageUnavailable: the writer is unavailable; nothing was queued.
+        """
+        if not self._available and not self._probe_if_due():
+            self.writes_refused += 1
+            raise StorageUnavailable(self._refusal())
+        queued = self._queued
+        if not queued:
+            self._queued_first = first_id
+            self._loop.call_soon(self._flush)
+        queued.append(data)
+        self._queued_done.append(done)
+
+    def _flush(self) -> None:
+        """Append everything submitted since the last flush, then acknowledge (or fail) it."""
+        queued = self._queued
+        if not queued:
+            return
+        dones = self._queued_done
+        self._queued = []
+        self._queued_done = []
+        try:
+            pending = self._append(queued[0] if len(queued) == 1 else b"".join(queued),
+                                   self._queued_first)
+        except StorageUnavailable as exc:
+            _call_all(dones, exc)
+            return
+        if pending is None:
+            _call_all(dones, None)
+        else:
+            pending.add_done_callback(functools.partial(_call_when_done, dones))
+
     def write(self, data: bytes, first_id: int) -> asyncio.Future[None] | None:
-        """Append one request's lines and say when they are acknowledged.
+        """Append one request's lines now and say when they are acknowledged.
+
+        Lines already queued by `submit` are appended first, so the file keeps call order.
 
         Args:
             data: complete NDJSON lines (each ending in b"\\n").
@@ -181,6 +253,11 @@ class SegmentWriter:
             StorageUnavailable: the writer is unavailable or the append failed; no part of
                 `data` is in the segment.
         """
+        if self._queued:
+            self._flush()
+        return self._append(data, first_id)
+
+    def _append(self, data: bytes, first_id: int) -> asyncio.Future[None] | None:
         if not self._available and not self._probe_if_due():
             self.writes_refused += 1
             raise StorageUnavailable(self._refusal())
@@ -233,6 +310,7 @@ class SegmentWriter:
         """
         if self._closed:
             return
+        self._flush()
         self._closed = True
         self._available = False
         if self._commit_handle is not None:

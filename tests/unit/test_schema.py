@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import orjson
@@ -491,6 +492,113 @@ def test_body_hint_changes_speed_never_the_verdict(
         except BatchRejected as exc:
             outcomes.append(exc.errors)
     assert outcomes[0] == outcomes[1]
+
+
+_good_types = st.sampled_from(["view", "click"])
+_bad_types = st.sampled_from([" view", "a\x00b", "", "x" * 257, 7, "ok\u200d"])
+_good_stamps = st.one_of(st.integers(0, int(RA)), st.floats(0.0, RA), st.just(RA + 86400))
+_bad_stamps = st.sampled_from([-1, -0.5, RA + 86401, 2e11, True, "12", None])
+
+
+def _event(event_type: Any, ts: Any, params: Any) -> dict[str, Any]:
+    return {"event_type": event_type, "ts": ts, "params": params}
+
+
+# (st.fixed_dictionaries does not keep key order, and key order is part of the canonical shape)
+_canonical_item = st.builds(_event, _good_types, _good_stamps,
+                            st.dictionaries(st.text(max_size=3), _json_value, max_size=3))
+_odd_item = st.one_of(
+    st.builds(_event, _bad_types, _good_stamps, st.just({})),
+    st.builds(_event, _good_types, _bad_stamps, st.just({})),
+    st.builds(_event, _good_types, _good_stamps, st.sampled_from([[], None, "x"])),
+    # other key orders, missing or extra keys, not an object
+    st.builds(lambda t, ts: {"ts": ts, "event_type": t, "params": {}}, _good_types,
+              _good_stamps),
+    st.builds(lambda t: {"event_type": t, "params": {}}, _good_types),
+    st.builds(lambda t: {"event_type": t, "ts": 1, "params": {}, "event_id": "x"}, _good_types),
+    st.just([1]),
+)
+
+
+@st.composite
+def _column_batches(draw: st.DrawFn) -> list[Any]:
+    """Mostly batches the columns accept, sometimes with one odd item (which they decline)."""
+    items = draw(st.lists(_canonical_item, min_size=8, max_size=20))
+    if draw(st.booleans()):
+        items[draw(st.integers(0, len(items) - 1))] = draw(_odd_item)
+    return items
+
+
+def _verdict(items: list[Any], limits: EventLimits, hinted: bool, columns: bool) -> Any:
+    """validate_batch's answer (events or the error list), with or without the column path."""
+    schema_module = sys.modules[validate_batch.__module__]
+    saved = schema_module._COLUMNS_FROM
+    if not columns:
+        schema_module._COLUMNS_FROM = 10**9
+    try:
+        return validate_batch(items, RA, limits, body=orjson.dumps(items) if hinted else None)
+    except BatchRejected as exc:
+        return exc.errors
+    finally:
+        schema_module._COLUMNS_FROM = saved
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=_column_batches(), max_depth=st.integers(1, 5),
+       hinted=st.booleans())
+def test_column_validation_agrees_with_the_loop(
+    items: list[Any], max_depth: int, hinted: bool
+) -> None:
+    """Batches of 8+ items try `_validate_columns` first; the per-event loop is the spec."""
+    limits = EventLimits(max_depth=max_depth)
+    assert _verdict(items, limits, hinted, True) == _verdict(items, limits, hinted, False)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A params object of exactly `depth` levels (params itself is level 1)."""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"v": value}
+
+
+@pytest.mark.parametrize("odd", [
+    _event(" view", 1, {}), _event("a\x00b", 1, {}), _event("", 1, {}), _event("x" * 257, 1, {}),
+    _event(7, 1, {}), _event("ok\u200d", 1, {}), _event("ok\u00a0", 1, {}),
+    _event("a", -1, {}), _event("a", -0.5, {}), _event("a", RA + 86401, {}),
+    _event("a", int(RA) + 86401, {}), _event("a", 2e11, {}), _event("a", True, {}),
+    _event("a", "12", {}), _event("a", None, {}), _event("a", RA + 86400, {}),
+    _event("a", 1, []), _event("a", 1, None), _event("a", 1, _nested(4)),
+    _event("a", 1, _nested(5)), _event("a", 1, {"s": "[[[[[[", "t": "{{{{"}),
+    {"ts": 1, "event_type": "a", "params": {}}, {"event_type": "a", "params": {}},
+    {"event_type": "a", "ts": 1, "params": {}, "event_id": "x"}, [1], "a",
+], ids=repr)
+@pytest.mark.parametrize("where", [0, 4, 8])
+@pytest.mark.parametrize("hinted", [False, True])
+def test_column_validation_agrees_with_the_loop_on_each_edge(
+    odd: Any, where: int, hinted: bool
+) -> None:
+    items = [_event("view", 1 + i, {"n": [i]}) for i in range(9)]
+    items[where] = odd
+    limits = EventLimits(max_depth=4)
+    assert _verdict(items, limits, hinted, True) == _verdict(items, limits, hinted, False)
+
+
+def test_column_validation_rejects_nan_like_the_loop() -> None:
+    # Only a direct caller can pass NaN (JSON has none); min/max alone would let it through.
+    items = [{"event_type": "a", "ts": RA, "params": {}} for _ in range(9)]
+    items[4]["ts"] = float("nan")
+    errors = _verdict(items, LIMITS, False, True)
+    assert [e["index"] for e in errors] == [4]
+
+
+def test_column_validation_hands_its_json_to_the_encoder() -> None:
+    items = [{"event_type": "a", "ts": 5 + i, "params": {"n": [i]}} for i in range(10)]
+    texts: list[bytes] = []
+    events = validate_batch(items, RA, LIMITS, body=None, texts=texts)
+    assert texts == [orjson.dumps(e) for e in events]
+    expected = encode_batch([dict(e) for e in events], list(range(100, 110)), RA)
+    assert encode_batch(events, list(range(100, 110)), RA, texts) == expected
 
 
 # --- parse_body -------------------------------------------------------------------------------

@@ -475,3 +475,106 @@ async def test_close_waits_for_the_fsync_in_flight(seg_dir: Path) -> None:
 async def test_unknown_durability_is_rejected(seg_dir: Path) -> None:
     with pytest.raises(ValueError, match="durability"):
         make_writer(seg_dir, FakeClock(), "always")
+
+
+# --- submit: one shared append per event-loop iteration -----------------------------------------
+
+
+class CountingWrite:
+    """os.write that counts its calls (the syscalls the coalescing is there to save)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        self.calls += 1
+        return os.write(fd, data)
+
+
+def verdicts() -> tuple[list[Any], Any]:
+    """A list that records each `done(error)` call, and the factory of such callbacks."""
+    seen: list[Any] = []
+
+    def done_for(n: int) -> Any:
+        return lambda error: seen.append((n, error))
+
+    return seen, done_for
+
+
+@pytest.mark.parametrize("durability", ["os", "fsync"])
+async def test_submit_appends_one_iterations_requests_with_one_write(
+    seg_dir: Path, durability: str
+) -> None:
+    counting = CountingWrite()
+    writer = make_writer(seg_dir, FakeClock(), durability, ops=FileOps(write=counting))
+    seen, done_for = verdicts()
+    for n in range(10):
+        writer.submit(line(n), snowflake(n), done_for(n))
+    assert seen == [] and counting.calls == 0  # nothing is acknowledged before it is written
+
+    for _ in range(100):
+        if len(seen) == 10:
+            break
+        await asyncio.sleep(0.01)
+
+    assert seen == [(n, None) for n in range(10)]  # each once, in submission order
+    assert counting.calls == 1
+    assert stored(seg_dir) == b"".join(line(n) for n in range(10))
+    assert writer.bytes_written == len(stored(seg_dir))
+
+
+async def test_write_after_submit_keeps_the_file_in_call_order(seg_dir: Path) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os")
+    seen, done_for = verdicts()
+    writer.submit(line(0), snowflake(0), done_for(0))
+    assert writer.write(line(1), snowflake(1)) is None
+    await asyncio.sleep(0)
+    assert seen == [(0, None)]
+    assert stored(seg_dir) == line(0) + line(1)
+
+
+async def test_a_failed_shared_append_fails_every_request_in_it_and_stores_nothing(
+    seg_dir: Path,
+) -> None:
+    disk = DiskFullWrite()
+    writer = make_writer(seg_dir, FakeClock(), "os", ops=FileOps(write=disk))
+    writer.write(line(0), snowflake(0))
+    disk.full = True
+    seen, done_for = verdicts()
+    for n in range(1, 4):
+        writer.submit(line(n), snowflake(n), done_for(n))
+    await asyncio.sleep(0)
+
+    assert [n for n, _ in seen] == [1, 2, 3]
+    assert all(isinstance(error, StorageUnavailable) for _, error in seen)
+    assert stored(seg_dir) == line(0)  # the half-written shared append was cut off
+    with pytest.raises(StorageUnavailable):  # and the writer refuses at once meanwhile
+        writer.submit(line(4), snowflake(4), done_for(4))
+
+
+async def test_close_appends_what_was_submitted_before_sealing(seg_dir: Path) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os")
+    seen, done_for = verdicts()
+    writer.submit(line(0), snowflake(0), done_for(0))
+    await writer.close()
+
+    assert seen == [(0, None)]
+    assert [i.sealed for i in list_segments(seg_dir)] == [True]
+    assert stored(seg_dir) == line(0)
+
+
+async def test_a_failing_callback_does_not_starve_the_others(
+    seg_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os")
+    seen, done_for = verdicts()
+
+    def broken(error: Any) -> None:
+        raise RuntimeError("bug in a callback")
+
+    writer.submit(line(0), snowflake(0), broken)
+    writer.submit(line(1), snowflake(1), done_for(1))
+    with caplog.at_level(logging.ERROR):
+        await asyncio.sleep(0)
+    assert seen == [(1, None)]
+    assert "callback failed" in caplog.text
