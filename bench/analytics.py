@@ -35,7 +35,6 @@ from collector.gen import EventModel  # noqa: E402
 from loader.analytics import for_store, userhours  # noqa: E402
 from loader.analytics import sqlite as raw  # noqa: E402
 from loader.analytics.params import FunnelQuery, Range  # noqa: E402
-from loader.stores.base import user_text  # noqa: E402
 from loader.stores.sqlite import SQLiteStore  # noqa: E402
 
 SNOWFLAKE_EPOCH_MS = 1_451_606_400_000
@@ -78,6 +77,9 @@ def build_tables(path: Path) -> None:
         assert store._writer is not None
         started = time.monotonic()
         folded = userhours.ensure_tables(store._writer)
+        # The loader's analytics pass, for what build_store's insert_batch queued.
+        while store.summarize_pending():
+            pass
         if folded:
             print(f"analytics tables backfilled: {folded} events in "
                   f"{time.monotonic() - started:.1f} s")
@@ -97,29 +99,25 @@ def events_of(n: int, now: float, seed: int) -> list[dict[str, Any]]:
 
 
 def loader_rate(path: Path, events: list[dict[str, Any]], tables: bool) -> float:
-    """Events/s of insert_batch (+ apply_batch in the same transaction when `tables`)."""
+    """Events/s of insert_batch followed by the analytics pass (what the loader does for
+    each batch of live traffic) when `tables`; of insert_batch alone, queueing nothing for
+    the tables, otherwise."""
     store = SQLiteStore(path)
     con = store._writer
     assert con is not None
-    if tables:
-        userhours.ensure_tables(con)
     batches = [events[i:i + 5000] for i in range(0, len(events), 5000)]
-    # What the wired store hands over: it has these tuples already (its rows), so building
-    # them is kept out of the timing.
-    folded = [[(int(e["id"]), e["event_type"], e["ts"], user_text(e["params"].get("user_id")))
-               for e in batch] for batch in batches]
+    real = userhours.enqueue
+    if not tables:
+        userhours.enqueue = lambda con, ids, min_ts: None
     cpu = time.process_time()
     try:
-        for batch, rows in zip(batches, folded, strict=True):
+        for batch in batches:
             store.insert_batch(batch)
             if tables:
-                # The store's transaction is already committed here; the wired store would do
-                # this inside it, saving a commit.
-                con.execute("BEGIN IMMEDIATE")
-                userhours.apply_batch(con, rows)
-                con.execute("COMMIT")
+                store.summarize_pending()
         return len(events) / (time.process_time() - cpu)
     finally:
+        userhours.enqueue = real
         store.close()
 
 

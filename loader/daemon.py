@@ -22,6 +22,11 @@ optional fields of the right types) cannot be loaded by any retry, so it is coun
 (locked, disk full, MongoDB down) is the opposite: the batch is retried from the same positions
 with a growing pause, and errors are counted.
 
+Analytics pass. The SQLite store's per-user-hour analytics tables are not written by the load
+transaction (that would cost most of the loading rate): each batch queues its ids, and
+`summarize` folds the queue into the tables, after each run of loading and at least every
+ANALYTICS_MAX_DELAY seconds of a backlog (loader/analytics/userhours.py).
+
 Retention. Sealed segments that are fully loaded (entirely behind the committed position of
 their stream: the stream has moved on to a later segment) and whose modification time is older
 than `loader.retention_days` are deleted; `.open` files, anything not yet committed, and the
@@ -78,6 +83,14 @@ RETENTION_INTERVAL = 60.0
 """Seconds between two retention sweeps (each lists the directory and stats the files)."""
 STATUS_INTERVAL = 1.0
 MAX_BACKOFF = 30.0
+ANALYTICS_MAX_DELAY = 30.0
+"""Seconds of uninterrupted loading (a backlog) after which the loader stops to run the
+analytics pass before loading on. The pass otherwise runs whenever the loader has caught up
+with the segments, so with live traffic it trails the load by one batch. During a backlog the
+load runs at full speed and readers answer the hours the pass has not reached from the events
+table (exact, slower); this bounds how far behind it falls."""
+ANALYTICS_RETRY = 5.0
+"""Seconds before the analytics pass is tried again after it failed."""
 
 
 def checkpoint_path(cfg: Config) -> Path:
@@ -214,11 +227,15 @@ class LoaderDaemon:
         self._stop = threading.Event()
         self._last_loaded: dict[StreamKey, float] = {}
         self._retention_at: float | None = None
+        self._summarize = getattr(store, "summarize_pending", None)
+        self._analytics_due = clock.monotonic() + ANALYTICS_MAX_DELAY
+        self._analytics_failed = False
         self._rate_mark = (clock.monotonic(), 0)
         self._rate = 0.0
         self.started_at = clock.time()
         self.counts = {"batches": 0, "events_loaded": 0, "events_inserted": 0, "errors": 0,
-                       "bad_lines": 0, "segments_deleted": 0}
+                       "bad_lines": 0, "segments_deleted": 0, "analytics_batches": 0,
+                       "analytics_errors": 0}
         self.last_error: str | None = None
         for name, (kind, help_) in _FAMILIES.items():
             self.metrics.describe(name, kind, help_)
@@ -253,12 +270,21 @@ class LoaderDaemon:
 
     # -- one pass ----------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Load what is available now, batch after batch; apply retention when it is due.
+        """Load what is available now, batch after batch; then bring the analytics tables up to
+        date (summarize); apply retention when it is due.
 
         Returns the number of events read from the segments and committed (events the store
         already held included: the store decides what is new; see counts["events_inserted"]).
         Store errors propagate, with the positions left at the last committed batch.
         """
+        loaded = self.load_once()
+        self.summarize()
+        self._maybe_apply_retention()
+        return loaded
+
+    def load_once(self) -> int:
+        """The loading part of run_once: batches until the segments are caught up (or a stop).
+        The analytics pass runs in between only when it has waited ANALYTICS_MAX_DELAY."""
         loaded = 0
         size = max(1, self.cfg.loader.batch_size)
         while not self._stop.is_set():
@@ -272,10 +298,47 @@ class LoaderDaemon:
                     self.positions = batch.positions
                 break
             loaded += self._load(batch.lines, batch.positions, batch.streams)
+            if self.clock.monotonic() >= self._analytics_due:
+                self.summarize()
             if len(batch.lines) < size:
                 break
-        self._maybe_apply_retention()
         return loaded
+
+    def summarize(self) -> int:
+        """The analytics pass: fold every batch loaded so far into the store's analytics
+        tables (a store without them: nothing to do). Returns the batches folded.
+
+        A failure is counted and logged, and the pass is tried again ANALYTICS_RETRY seconds
+        later, while loading goes on: the tables are a processor of their own (SPEC §10), and
+        readers stay exact without them (loader/analytics/userhours.py, "Coverage").
+        """
+        if self._summarize is None:
+            return 0
+        now = self.clock.monotonic()
+        if self._analytics_failed and now < self._analytics_due:
+            return 0
+        done = 0
+        try:
+            with gc_paused():
+                while not self._stop.is_set():
+                    n = self._summarize()
+                    if not n:
+                        break
+                    done += n
+        except Exception as e:
+            self._analytics_failed = True
+            self._analytics_due = now + ANALYTICS_RETRY
+            self.counts["analytics_errors"] += 1
+            self._count_error(e)
+            log.exception("the analytics pass failed; loading goes on, retrying in %.0f s",
+                          ANALYTICS_RETRY)
+            return done
+        self._analytics_failed = False
+        self._analytics_due = self.clock.monotonic() + ANALYTICS_MAX_DELAY
+        self.counts["analytics_batches"] += done
+        if done:
+            self.metrics.inc("loader_analytics_batches_total", done)
+        return done
 
     def _load(self, lines: list[bytes], positions: dict[StreamKey, Position],
               streams: dict[StreamKey, int]) -> int:
@@ -470,6 +533,8 @@ _FAMILIES = {
     "loader_errors_total": ("counter", "Failed store writes and other loader errors"),
     "loader_bad_lines_total": ("counter", "Segment lines that are not valid events (skipped)"),
     "loader_segments_deleted_total": ("counter", "Segments deleted by retention"),
+    "loader_analytics_batches_total": ("counter",
+                                       "Loaded batches folded into the analytics tables"),
     "loader_lag_bytes": ("gauge", "Segment bytes written but not yet loaded"),
     "loader_lag_events": ("gauge", "Events not yet loaded (estimated from bytes / mean line)"),
     "loader_lag_seconds": ("gauge", "Newest segment write time minus the last loaded event"),

@@ -149,55 +149,66 @@ def funnel(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any]:
 
 # --- from the analytics tables (loader/analytics/userhours.py) -------------------------------
 #
-# A range is cut into whole UTC hours, answered from the summaries (and hour_flows), and at
-# most two edge hours, answered from their events cut to the range; the two are then merged.
+# A range is cut into whole UTC hours that the tables cover, answered from the summaries (and
+# hour_flows), and the rest, answered from the events themselves cut to the range: the partial
+# hours at the edges, and every hour from the first one the analytics pass has not finished
+# (userhours.pending_since; with live traffic, the current hour). The two are then merged.
 
 
 Row = tuple[str, int, str, str, Any, Any]
 """One user-hour: (user_id, hour, first_type, last_type, firsts, seq). A whole hour as read
-from user_hours has `firsts` as JSON text and seq None (read only if needed); the part of an
-edge hour inside the range has both as Python objects, rebuilt from its seq."""
+from user_hours has `firsts` as JSON text and seq None (read only if needed); the part of a
+raw hour inside the range has both as Python objects, rebuilt from its seq."""
 
 
 @dataclass(slots=True)
 class _Hours:
-    """A range cut into whole hours [lo, hi] (possibly empty: lo > hi) and edge hours."""
+    """A range cut into covered whole hours [lo, hi] (possibly empty: lo > hi) and spans of
+    raw hours [(first, last), ...] read from the events."""
 
     lo: int
     hi: int
-    edges: tuple[int, ...]
+    raw: list[tuple[int, int]]
 
 
-def _hours(rng: Range) -> _Hours:
+def _hours(con: sqlite3.Connection, rng: Range) -> _Hours:
     # Hour h is whole when h * 3600 >= start and (h + 1) * 3600 <= end: its events have
-    # ts < (h + 1) * 3600 <= end. The others that touch the range are edges.
+    # ts < (h + 1) * 3600 <= end. It is covered when, besides, no event of it waits for the
+    # analytics pass: every waiting event has ts >= pending_since.
     first, last = math.floor(rng.start / HOUR), math.floor(rng.end / HOUR)
     lo, hi = math.ceil(rng.start / HOUR), math.floor(rng.end / HOUR) - 1
-    edges = tuple(sorted({h for h in (first, last) if not lo <= h <= hi}))
-    return _Hours(lo, hi, edges)
+    pending = userhours.pending_since(con)
+    if pending is not None:
+        hi = min(hi, math.floor(pending / HOUR) - 1)
+    if lo > hi:
+        return _Hours(lo, hi, [(first, last)])
+    raw = [(first, lo - 1)] if first < lo else []
+    if hi < last:
+        raw.append((hi + 1, last))
+    return _Hours(lo, hi, raw)
 
 
 def _edge_rows(con: sqlite3.Connection, rng: Range, hours: _Hours
                ) -> list[tuple[Row, userhours.Summary]]:
-    """The edge hours' user-hours cut to the range, with their summaries."""
-    if not hours.edges:
-        return []
-    marks = ", ".join("?" * len(hours.edges))
+    """The raw hours' user-hours cut to the range, with their summaries: from the events
+    table through its ts index (the tables may not hold these events yet)."""
     seqs: dict[tuple[str, int], list[userhours.Entry]] = {}
-    for hour, user, ts, id_, event_type in con.execute(
-            "SELECT hour, user_id, ts, id, event_type FROM user_hour_events "
-            f"WHERE hour IN ({marks}) AND ts >= ? AND ts <= ? ORDER BY hour, user_id, ts, id",
-            (*hours.edges, rng.start, rng.end)):
-        seqs.setdefault((user, hour), []).append((ts, id_, event_type))
+    for a, b in hours.raw:
+        for user, ts, id_, event_type in con.execute(
+                "SELECT user_id, ts, id, event_type FROM events WHERE ts >= ? AND ts < ? "
+                "AND ts <= ? AND user_id IS NOT NULL",
+                (max(rng.start, a * HOUR), (b + 1) * HOUR, rng.end)):
+            seqs.setdefault((user, math.floor(ts / HOUR)), []).append((ts, id_, event_type))
     out = []
     for (user, hour), seq in seqs.items():
+        seq.sort()
         s = userhours.summarize(seq)
         out.append(((user, hour, s.first[2], s.last[2], s.firsts, seq), s))
     return out
 
 
 def users_from_tables(con: sqlite3.Connection, rng: Range, top: int) -> dict[str, Any]:
-    hours = _hours(rng)
+    hours = _hours(con, rng)
     counts: Counter[str] = Counter()
     for user, n in con.execute("SELECT user_id, SUM(n) FROM user_hours WHERE hour BETWEEN ? "
                                "AND ? GROUP BY user_id", (hours.lo, hours.hi)):
@@ -219,7 +230,7 @@ def uniques_from_tables(con: sqlite3.Connection, rng: Range, tz: ZoneInfo) -> di
     active in it was active on the local days of its first and its last active quarter, and
     on no other day."""
     intervals = common.offset_intervals(tz, rng.start, rng.end)
-    hours = _hours(rng)
+    hours = _hours(con, rng)
     args: list[Any] = []
     off = _offset_sql(intervals, args, column="t")
     args.extend((hours.lo, hours.hi, hours.lo, hours.hi))
@@ -257,7 +268,7 @@ def flows_from_tables(con: sqlite3.Connection, rng: Range, start: str | None,
                       top: int) -> dict[str, Any]:
     """Pairs inside a user-hour come from hour_flows (whole hours) or the edge rows' seq;
     pairs across hours join a row's last event to the user's next row's first event."""
-    hours = _hours(rng)
+    hours = _hours(con, rng)
     pairs: Counter[tuple[str, str]] = Counter()
     args: list[Any] = [hours.lo, hours.hi]
     start_sql = ""
@@ -282,7 +293,7 @@ def funnel_from_tables(con: sqlite3.Connection, q: FunnelQuery) -> dict[str, Any
     """The greedy walk of common.fold_funnel, one user-hour at a time: the first event of a
     type after the previous match is the row's `firsts` entry, except in the row of the
     previous match itself, where the row's seq is read (only then)."""
-    hours = _hours(q.range)
+    hours = _hours(con, q.range)
     rows, _ = _rows_in_range(con, q.range, hours, firsts=True)
     counts = [0] * len(q.steps)
     i = 0

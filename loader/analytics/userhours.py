@@ -19,29 +19,48 @@ What.
                                 lie inside one user-hour (a pair across hours joins a row's last
                                 event to the user's next row's first: readers pair those)
     analytics_meta              ('user_hours', SCHEMA_VERSION) once the tables cover the store
+    analytics_queue(seq)        min_ts, ids: loaded batches waiting for the analytics pass
 
 Exactness. Readers use whole hours from the summaries and the events of the partial hours at
 the edges of a range, so every answer is exact for any [from, to]. Local days are exact for
 time zones whose offset is a multiple of 15 minutes (every zone since 1972): a quarter never
 straddles a local midnight.
 
-Maintenance contract (the store's writer, inside the transaction that inserts the events):
+Maintenance contract. The tables trail the event load instead of riding in its transaction:
+folding an event in costs several times what inserting it does (one summary row rewritten per
+(hour, user), the event inserted again into user_hour_events), and loading at 100,000 events/s
+on one core (issue 4) left no room for that. So:
     ensure_tables(con)      at open: create, and backfill from the events once
-    apply_batch(con, rows)  after the insert, with the rows that were new
-Per touched (hour, user): one small summary row is rewritten and the new events are inserted.
-An event that arrives after the user's last one in its hour (live traffic) needs nothing else;
-one that lands between older ones (a replay, or a client sending history) also reads that
-user-hour's events to recount its pairs.
+    enqueue(con, ids, ...)  in each load transaction: one analytics_queue row naming the ids
+                            the batch inserted (a JSON array, ~20 bytes per event) and the
+                            smallest ts among them
+    apply_pending(con)      the analytics pass (the loader runs it when idle, and at least every
+                            few seconds of a long backlog): folds queued batches into the tables
+                            and deletes them from the queue, in one transaction
+The queue row commits with the events it names, and leaves the queue with the summaries that
+fold them in, so a crash anywhere leaves every event either summarized or queued, never both
+and never neither. Coverage for readers: an hour is summarized when no queued event lies in
+it; every queued event has ts >= pending_since(con), so readers answer whole hours before that
+from the tables and everything from there on from the events table (loader/analytics/
+sqlite.py), which is exact whatever the pass's lag, and costs the reader a scan of the hours
+the pass has not reached (live traffic: the current hour).
+
+apply_batch(con, rows) folds events into the tables. Per touched (hour, user): one small
+summary row is rewritten and the new events are inserted. An event that arrives after the
+user's last one in its hour (live traffic) needs nothing else; one that lands between older
+ones (a replay, or a client sending history) also reads that user-hour's events to recount
+its pairs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
@@ -85,6 +104,18 @@ CREATE TABLE IF NOT EXISTS hour_flows (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS analytics_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analytics_queue (
+  seq INTEGER PRIMARY KEY,
+  min_ts REAL NOT NULL,
+  ids TEXT NOT NULL
+)"""
+"""Batches loaded but not yet folded into the tables: `ids` is a JSON array of the event ids a
+batch inserted, `min_ts` the smallest ts among them (readers' coverage, see pending_since)."""
+QUEUE_BATCHES_PER_PASS = 40
+"""Queued batches folded per apply_pending transaction (with the default loader.batch_size,
+200,000 events): big enough that the per-statement costs vanish, small enough that one
+transaction does not hold the write lock for long."""
 ENTRIES_PER_LOOKUP = 200
 HOURS_PER_LOOKUP = 500
 """Summary rows are read for up to this many hours per statement (SQLite's default limit of
@@ -263,6 +294,29 @@ def _insert_late(con: sqlite3.Connection, late: list[Late]) -> list[Late]:
     return late
 
 
+ROWS_PER_STATEMENT = 50
+"""Rows per INSERT of the pass (a multi-row VALUES), as the store does for the events: a
+statement's setup and teardown are paid once per 50 rows instead of once per row."""
+
+
+@functools.cache
+def _multi_row(sql: str, rows: int) -> str:
+    """`sql` (one `VALUES (?, ...)` at its end) with `rows` rows of placeholders."""
+    head, _, one = sql.rpartition("VALUES ")
+    return head + "VALUES " + ", ".join([one] * rows)
+
+
+def _insert_rows(con: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """executemany of `sql` over `rows`, ROWS_PER_STATEMENT rows per statement."""
+    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    if whole:
+        con.executemany(_multi_row(sql, ROWS_PER_STATEMENT),
+                        [list(chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
+                         for i in range(0, whole, ROWS_PER_STATEMENT)])
+    if whole < len(rows):
+        con.executemany(sql, rows[whole:])
+
+
 def apply_batch(con: sqlite3.Connection,
                 rows: Iterable[tuple[int, str, float, str | None]]) -> None:
     """Fold newly inserted events into the tables. `rows` are (id, event_type, ts, user_id);
@@ -291,9 +345,19 @@ def apply_batch(con: sqlite3.Connection,
                 flow_delta[(key[0], a, b)] += n
         summaries.append((*key, *summary.values()))
 
+    dumps = orjson.dumps
+    floor = math.floor
     for key, new in groups.items():
-        new.sort()
         old = stored.get(key)
+        if old is None and len(new) == 1:
+            # The most common row by far when users are many and their visits short: one
+            # event, no pair, a summary written out directly (a third of the pass's time).
+            ts, id_, t = new[0]
+            summaries.append((*key, 1, 1 << floor(ts / QUARTER) % 4, ts, id_, t, ts, id_, t,
+                              dumps({t: [ts, id_]}).decode()))
+            inserts.append((*key, ts, id_, t))
+            continue
+        new.sort()
         if old is None or new[0] > old.last:
             delta = pairs_of(new)
             if old is not None:
@@ -302,7 +366,7 @@ def apply_batch(con: sqlite3.Connection,
             inserts.extend((*key, ts, id_, t) for ts, id_, t in new)
         else:
             late.extend((*key, ts, id_, t) for ts, id_, t in new)
-    con.executemany(_INSERT_EVENTS, inserts)
+    _insert_rows(con, _INSERT_EVENTS, inserts)
     if late:
         late = _insert_late(con, late)
     if late:
@@ -311,11 +375,72 @@ def apply_batch(con: sqlite3.Connection,
             entries = [(ts, id_, t) for _, _, ts, id_, t in group]
             new_ids = {e[1] for e in entries}
             record(key, _late_pairs(entries, new_ids, near), inserted(stored[key], entries))
-    con.executemany(f"INSERT OR REPLACE INTO user_hours (hour, user_id, {_SUMMARY_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", summaries)
+    _insert_rows(con, f"INSERT OR REPLACE INTO user_hours (hour, user_id, {_SUMMARY_COLUMNS}) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", summaries)
     con.executemany("INSERT INTO hour_flows (hour, from_type, to_type, n) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (hour, from_type, to_type) DO UPDATE SET n = n + excluded.n",
                     [(h, a, b, n) for (h, a, b), n in flow_delta.items() if n])
+
+
+def enqueue(con: sqlite3.Connection, ids: list[Any], min_ts: float) -> None:
+    """Queue the events a load batch inserted for the analytics pass; inside the batch's
+    transaction. `ids` are decimal strings (as the segment lines carry them) or ints; events
+    without a user are queued too (the pass skips them), which saves a per-event test here,
+    on the loader's hot path, and only widens the readers' uncovered range a little.
+
+    The ids are joined as they are (one C call); only a batch with int ids, or with digit
+    strings that are not JSON numbers (leading zeros: "007" loads as 7), is normalized."""
+    if not ids:
+        return
+    try:
+        text = ",".join(ids)
+    except TypeError:
+        text = ""
+    if not text or text.startswith("0") or ",0" in text:
+        text = ",".join([str(int(i)) for i in ids])
+    con.execute("INSERT INTO analytics_queue (min_ts, ids) VALUES (?, ?)", (min_ts, f"[{text}]"))
+
+
+def pending_since(con: sqlite3.Connection) -> float | None:
+    """The smallest ts of the events loaded but not yet summarized, None when there are none.
+    Hours before it are fully summarized (module docstring, "Coverage")."""
+    try:
+        row = con.execute("SELECT min(min_ts) FROM analytics_queue").fetchone()
+    except sqlite3.OperationalError:  # no such table: a store written before the queue
+        return None
+    return None if row[0] is None else float(row[0])
+
+
+def apply_pending(con: sqlite3.Connection, max_batches: int = QUEUE_BATCHES_PER_PASS) -> int:
+    """The analytics pass: fold up to `max_batches` queued batches into the tables and delete
+    them from the queue, in one IMMEDIATE transaction (call outside any). Returns how many
+    queue rows it consumed (0: nothing was pending).
+
+    The events are read back by id from the events table (a JSON array joined in SQL: one
+    rowid seek per event, pages the load has just written). An event the table no longer
+    holds cannot occur (events are never deleted); apply_batch ignores events it already
+    holds, so even a pass repeated over the same queue rows would change nothing.
+    """
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        queued = con.execute("SELECT seq, ids FROM analytics_queue ORDER BY seq LIMIT ?",
+                             (max_batches,)).fetchall()
+        if not queued:
+            con.execute("COMMIT")
+            return 0
+        rows: list[tuple[int, str, float, str]] = []
+        for _, ids in queued:
+            rows += con.execute(
+                "SELECT e.id, e.event_type, e.ts, e.user_id FROM json_each(?) AS j "
+                "JOIN events AS e ON e.id = j.value WHERE e.user_id IS NOT NULL", (ids,))
+        apply_batch(con, rows)
+        con.execute("DELETE FROM analytics_queue WHERE seq <= ?", (queued[-1][0],))
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    return len(queued)
 
 
 def ready(con: sqlite3.Connection) -> bool:
@@ -336,6 +461,7 @@ def ensure_tables(con: sqlite3.Connection) -> int:
     transaction (readers keep answering from the events table meanwhile). Returns the number
     of events folded in (0 when the tables were already complete).
     """
+    con.execute(QUEUE_SCHEMA)
     if ready(con):
         return 0
     con.execute("BEGIN IMMEDIATE")
@@ -352,6 +478,8 @@ def ensure_tables(con: sqlite3.Connection) -> int:
         while chunk := cur.fetchmany(BACKFILL_CHUNK):
             apply_batch(con, chunk)
             folded += len(chunk)
+        # The backfill read every event, the queued ones included.
+        con.execute("DELETE FROM analytics_queue")
         con.execute("INSERT OR REPLACE INTO analytics_meta (key, value) "
                     "VALUES ('user_hours', ?)", (SCHEMA_VERSION,))
         con.execute("COMMIT")

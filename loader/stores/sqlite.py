@@ -2,10 +2,13 @@
 
 Writer. One connection, used by the loader's thread only. Each batch (`insert_parsed`, or
 `insert_batch` for events already parsed) is one IMMEDIATE transaction: the batch's rows
-(INSERT OR IGNORE), an UPSERT of its (day, event_type) counts into daily_stats, the per-user-hour
-analytics tables (loader/analytics/userhours.py), the loader's positions when it passes them,
-then COMMIT: the rows, the counts, the summaries and the position after them can never
-disagree. To count only the rows actually inserted without a lookup per row, the fast path
+(INSERT OR IGNORE), an UPSERT of its (day, event_type) counts into daily_stats, one
+analytics_queue row naming the ids it inserted, the loader's positions when it passes them,
+then COMMIT: the rows, the counts, the queue and the position after them can never disagree.
+The per-user-hour analytics tables (loader/analytics/userhours.py) are folded from that queue
+by a separate pass (`summarize_pending`, run by the loader daemon behind the load) in
+transactions of their own; readers stay exact meanwhile (userhours, "Coverage"). To count only
+the rows actually inserted without a lookup per row, the fast path
 compares the connection's change counter with the batch size: equal means every row was new
 (the normal case). Otherwise (a replay, a client retry with a known event_id) the transaction is
 rolled back and redone row by row, reading each statement's rowcount; that costs a few
@@ -143,6 +146,7 @@ _UPSERT_POSITION = ("INSERT INTO loader_position (datacenter, worker, segment, b
 _COLUMNS = "id, event_type, ts, params, received_at, event_id, sent_at"
 _FIRST = itemgetter(0)
 
+
 PlainRow = tuple[str, str, float, str, float, Any]
 """(id, event_type, ts, params JSON, received_at, user_id or 0) of a plain event."""
 FullRow = tuple[Any, ...]
@@ -177,7 +181,7 @@ class SQLiteStore:
             con.execute("PRAGMA wal_autocheckpoint=10000")
             con.executescript(SCHEMA)
             # Per-user-hour summaries that make the per-user analytics (uniques, users, flows,
-            # funnel) fast over millions of events; kept in the same transaction as the rows.
+            # funnel) fast over millions of events; folded in behind the load.
             userhours.ensure_tables(con)
             self._writer = con
 
@@ -332,7 +336,8 @@ class SQLiteStore:
             inserted = len(ids)
             if con.total_changes - before == inserted:
                 counts = _counts(flat, full)
-                users = _user_rows(plain, full)
+                new_ids = ids
+                tss = flat[2::_PLAIN_WIDTH] + [row[2] for row in full]
             else:
                 con.execute("ROLLBACK")
                 con.execute("BEGIN IMMEDIATE")
@@ -340,11 +345,14 @@ class SQLiteStore:
                 rows = self._insert_one_by_one(con, rows)
                 inserted = len(rows)
                 counts = Counter((r[2] // DAY_SECONDS, r[1]) for r in rows)
-                users = _user_rows([], rows)
+                new_ids = [r[0] for r in rows]
+                tss = [r[2] for r in rows]
             if counts:
                 con.executemany(_UPSERT_DAILY, [(self._day_string(int(d)), t, n)
                                                 for (d, t), n in counts.items()])
-            userhours.apply_batch(con, users)
+            if new_ids:
+                # The analytics tables follow in their own pass (userhours, "Maintenance").
+                userhours.enqueue(con, new_ids, min(tss))
             if positions is not None:
                 _write_positions(con, positions)
             con.execute("COMMIT")
@@ -353,6 +361,11 @@ class SQLiteStore:
                 con.execute("ROLLBACK")
             raise
         return Committed(ids, inserted, bad)
+
+    def summarize_pending(self, max_batches: int = userhours.QUEUE_BATCHES_PER_PASS) -> int:
+        """One transaction of the analytics pass (userhours.apply_pending): how many queued
+        batches it folded into the analytics tables; 0 when they were caught up."""
+        return userhours.apply_pending(self._writer_or_raise("summarize"), max_batches)
 
     def _day_string(self, day: int) -> str:
         s = self._days.get(day)
@@ -572,12 +585,6 @@ def _insert_sql(row: str, width: int, rows: int) -> str:
                              for r in range(rows))
 
 
-def _user_rows(plain: list[PlainRow], full: list[FullRow]) -> list[tuple[Any, str, Any, str]]:
-    """(id, event_type, ts, user_id) of the new rows that have a user, for the analytics
-    tables (userhours.apply_batch); the user sentinel 0 means none."""
-    out = [(r[0], r[1], r[2], r[5]) for r in plain if r[5].__class__ is str]
-    out += [(r[0], r[1], r[2], r[7]) for r in full if r[7].__class__ is str]
-    return out
 
 
 def _insert(con: sqlite3.Connection, row: str, width: int, flat: list[Any]) -> None:

@@ -104,3 +104,19 @@ def test_sigkill_mid_load_then_restart_loads_every_event_once(tmp_path: Path) ->
     finally:
         con.close()
     assert stored == sorted(expected)
+
+    # The analytics tables: after the kills, every event with a user is summarized exactly
+    # once or still queued for the pass (which a warm stop may leave undone); finishing the
+    # pass must fold each in once.
+    writer = SQLiteStore(tmp_path / "events.db")
+    try:
+        while writer.summarize_pending():
+            pass
+        assert writer._writer is not None
+        with_user, summarized, copies = writer._writer.execute(
+            "SELECT (SELECT COUNT(*) FROM events WHERE user_id IS NOT NULL), "
+            "(SELECT SUM(n) FROM user_hours), (SELECT COUNT(*) FROM user_hour_events)"
+        ).fetchone()
+        assert with_user == summarized == copies == len(expected)
+    finally:
+        writer.close()

@@ -73,10 +73,10 @@ def test_positions_commit_with_the_batch_or_not_at_all(
     committed = store.load_positions()
     assert committed == batch.positions and store.count() == 4
 
-    def fail(con: Any, rows: Any) -> None:  # the last step before COMMIT
+    def fail(con: Any, ids: Any, min_ts: Any) -> None:  # the last step before the positions
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(userhours, "apply_batch", fail)
+    monkeypatch.setattr(userhours, "enqueue", fail)
     second = daemon.tailer.read(daemon.positions, 4)
     with pytest.raises(sqlite3.OperationalError):
         daemon._load(second.lines, second.positions, second.streams)
@@ -588,3 +588,75 @@ def test_parsed_lines_are_stored_as_their_events(data: st.DataObject, size: int)
             assert store.daily_stats(None, None, None) == [tuple(r) for r in daily]
         finally:
             store.close()
+
+
+# --- the analytics pass behind the load -------------------------------------------------------
+
+
+def summarized(store: SQLiteStore) -> int:
+    """Events folded into the analytics tables (each counted once in its user-hour)."""
+    con = store._writer
+    assert con is not None
+    (n,) = con.execute("SELECT COALESCE(SUM(n), 0) FROM user_hours").fetchone()
+    return int(n)
+
+
+def with_user(store: SQLiteStore) -> int:
+    con = store._writer
+    assert con is not None
+    (n,) = con.execute("SELECT COUNT(*) FROM events WHERE user_id IS NOT NULL").fetchone()
+    return int(n)
+
+
+def test_run_once_loads_then_folds_every_batch_into_the_tables(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, batch_size=7)
+    stream.write(stream.events(30))
+    daemon, store = daemon_for(cfg, loader_clock)
+    assert daemon.load_once() == 30
+    con = store._writer
+    assert con is not None
+    # Loaded, queued, not yet summarized: the load does not touch the tables.
+    assert userhours.pending_since(con) is not None and summarized(store) == 0
+    assert daemon.summarize() == 5 and daemon.counts["analytics_batches"] == 5
+    assert userhours.pending_since(con) is None
+    assert summarized(store) == with_user(store) > 0
+    store.close()
+
+
+def test_a_crash_between_the_load_and_the_pass_summarizes_every_event_once(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock) -> None:
+    cfg = loader_config(data_dir, batch_size=4)
+    stream.write(stream.events(10))
+    daemon, store = daemon_for(cfg, loader_clock)
+    assert daemon.load_once() == 10
+    store.close()  # what kill -9 leaves: batches committed with their queue rows, no pass
+    daemon, store = daemon_for(cfg, loader_clock)
+    assert daemon.run_once() == 0  # nothing to load again; the pass catches up
+    assert store.count() == 10 and summarized(store) == with_user(store) > 0
+    daemon.summarize()  # a second pass finds nothing
+    assert summarized(store) == with_user(store)
+    store.close()
+
+
+def test_a_failing_pass_does_not_stop_loading_and_is_retried(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = loader_config(data_dir, batch_size=4)
+    stream.write(stream.events(10))
+    daemon, store = daemon_for(cfg, loader_clock)
+
+    def fail(con: Any, max_batches: int = 0) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(userhours, "apply_pending", fail)
+    assert daemon.run_once() == 10 and store.count() == 10
+    assert daemon.counts["analytics_errors"] == 1 and summarized(store) == 0
+    monkeypatch.undo()
+    stream.write(stream.events(3))
+    assert daemon.run_once() == 3  # loads on; the pass waits for its retry delay
+    assert summarized(store) == 0
+    loader_clock.advance(6.0)
+    assert daemon.run_once() == 0
+    assert summarized(store) == with_user(store) > 0 and daemon.counts["analytics_errors"] == 1
+    store.close()
