@@ -240,7 +240,12 @@ def validate_batch(
         raise BadEvent(f"no events: {_BODY_HINT}")
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
-    openers = None if body is None else body.count(b"{") + body.count(b"[")
+    if body is None:
+        openers = None
+    elif len(body) < 4096:
+        openers = body.count(b"{") + body.count(b"[")
+    else:  # one translate keeping only the brackets: half the cost of two counts, once long
+        openers = len(body.translate(None, _NOT_OPENER))
     if count >= _COLUMNS_FROM:
         fast = _validate_columns(items, ra, upper, limits.max_depth, openers, texts)
         if fast is not None:
@@ -376,6 +381,7 @@ _get_type = itemgetter("event_type")
 _get_ts = itemgetter("ts")
 _get_params = itemgetter("params")
 _NOT_OPENER_OR_NL = bytes(sorted(set(range(256)) - set(b"{[\n")))
+_NOT_OPENER = bytes(sorted(set(range(256)) - set(b"{[")))
 
 
 def _validate_columns(
@@ -670,9 +676,14 @@ def encode_batch(
     if count == 1:
         # One event (a single POST, the pixel): the batch machinery costs more than it saves.
         event, snowflake = events[0], ids[0]
-        line = encode_line(event, snowflake, received_at)
+        ra = round_ms(received_at)
+        if len(event) == 3:
+            line = b'{"id":"%d",%b,"received_at":%b}\n' % (
+                snowflake, (texts[0] if texts else orjson.dumps(event))[1:-1], orjson.dumps(ra))
+        else:
+            line = encode_line(event, snowflake, received_at)
         event["id"] = snowflake
-        event["received_at"] = round_ms(received_at)
+        event["received_at"] = ra
         return line
     if not count:
         return b""

@@ -57,7 +57,6 @@ Limits (ParserLimits)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 from collector.errors import ProtocolError
 from collector.http.events import (
@@ -68,10 +67,10 @@ from collector.http.events import (
     EndOfMessage,
     Event,
     RequestHead,
-    RequestHeadTwin,
     Sentinel,
 )
 from collector.http.state import (
+    _MAX_CL_DIGITS,
     TRANSITIONS,
     ConnState,
     Trigger,
@@ -114,6 +113,8 @@ _MAX_CHUNK_SIZE_DIGITS = 16
 """A 64-bit size; anything longer would overflow every body limit anyway."""
 
 _END = EndOfMessage()
+_new_head = tuple.__new__
+"""`_new_head(RequestHead, (...eight values...))`: the head in one C call (see RequestHead)."""
 _CLOSED = ConnectionClosed()
 
 # Where the chunked reader is inside the body (compared by identity; names read well in a
@@ -561,6 +562,90 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
         raise _request_line_too_long(limits)
     if n_fields > limits.max_headers:
         raise _too_many_headers(limits)
+    known = _REQUEST_LINES.get(request_line)
+    if known is None:
+        known = _parse_request_line(request_line)
+    method, target, version = known
+
+    # Field lines repeat from request to request (Host, User-Agent, Content-Type, and the
+    # Content-Length of bodies of the same size), so each line already seen is one dict hit.
+    headers = list(map(_FIELD_LINES.get, lines))
+    headers[0] = ()  # the request line's slot, dropped below
+    if None in headers:
+        for i in range(1, len(lines)):
+            if headers[i] is None:
+                headers[i] = _parse_field_line(lines[i])
+    del headers[0]
+
+    fields = dict(headers)
+    if len(fields) == len(headers):
+        cl = fields.get(b"content-length")
+        te = fields.get(b"transfer-encoding")
+        conn = fields.get(b"connection")
+        if b"host" not in fields and version == "1.1":
+            raise _bad_host(0)
+        if te is None and cl is not None and cl.isdigit() and len(cl) <= _MAX_CL_DIGITS:
+            # The common framing, decided here; everything else goes to body_framing.
+            content_length: int | None = int(cl)
+            chunked = False
+            if content_length > limits.max_body:  # type: ignore[operator]
+                body_framing(version, (cl,), (), limits.max_body)  # raises its 413
+        else:
+            content_length, chunked = body_framing(
+                version, () if cl is None else (cl,), () if te is None else (te,),
+                limits.max_body)
+        expect = fields.get(b"expect")
+        return _new_head(RequestHead, (
+            method,
+            target,
+            version,
+            tuple(headers),
+            keep_alive(version, (conn,)) if conn is not None else version == "1.1",
+            expect is not None and version == "1.1" and expect.lower() == b"100-continue",
+            content_length,
+            chunked,
+        ))
+    return _parse_repeated_fields(method, target, version, tuple(headers), fields, limits)
+
+
+def _parse_repeated_fields(
+    method: str, target: str, version: str, headers: tuple[tuple[bytes, bytes], ...],
+    fields: dict[bytes, bytes], limits: ParserLimits,
+) -> RequestHead:
+    """parse_head's end for a head in which some field name occurs more than once."""
+    content_lengths = [v for k, v in headers if k == b"content-length"]
+    transfer_encodings = [v for k, v in headers if k == b"transfer-encoding"]
+    connection = [v for k, v in headers if k == b"connection"]
+    hosts = sum(1 for k, _ in headers if k == b"host")
+    if hosts != 1 and (hosts or version == "1.1"):
+        raise _bad_host(hosts)
+    content_length, chunked = body_framing(
+        version, content_lengths, transfer_encodings, limits.max_body
+    )
+    expect = fields.get(b"expect")
+    return _new_head(RequestHead, (
+        method,
+        target,
+        version,
+        headers,
+        keep_alive(version, connection) if connection else version == "1.1",
+        expect is not None and version == "1.1" and expect.lower() == b"100-continue",
+        content_length,
+        chunked,
+    ))
+
+
+_CACHED_LINE_BYTES = 256
+"""Longer lines are parsed every time (they are rarely repeated: cookies, tokens)."""
+_CACHED_LINES = 1024
+"""Each cache is emptied when it reaches this many lines: bounded memory whatever comes in."""
+_REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
+_FIELD_LINES: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def _parse_request_line(request_line: bytes) -> tuple[str, str, str]:
+    """(method, target, version) of a request line free of control bytes, or a ProtocolError;
+    remembered in _REQUEST_LINES when short (a pure function of the line)."""
     parts = request_line.split(b" ")
     if len(parts) != 3:
         raise _bad_request_line(request_line)
@@ -571,53 +656,27 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
         target = raw_target.decode("latin-1")
     else:
         target = _parse_other_target(raw_target, method)
+    known = (method, target, version)
+    if len(request_line) <= _CACHED_LINE_BYTES:
+        if len(_REQUEST_LINES) >= _CACHED_LINES:
+            _REQUEST_LINES.clear()
+        _REQUEST_LINES[request_line] = known
+    return known
 
-    headers = []
-    names = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name:
-            _check_field_line(line, "header")
-        name = name.lower()
-        names.append(name)
-        headers.append((name, value.strip(b" \t")))
-    if b"".join(names).translate(None, _TCHAR):
-        for line in lines[1:]:
-            _check_field_line(line, "header")
-        raise AssertionError("unreachable: a bad field name fails _check_field_line")
 
-    fields = dict(headers)
-    if len(fields) == len(headers):
-        cl = fields.get(b"content-length")
-        te = fields.get(b"transfer-encoding")
-        conn = fields.get(b"connection")
-        content_lengths: tuple[bytes, ...] | list[bytes] = () if cl is None else (cl,)
-        transfer_encodings: tuple[bytes, ...] | list[bytes] = () if te is None else (te,)
-        connection: tuple[bytes, ...] | list[bytes] = () if conn is None else (conn,)
-        hosts = 1 if b"host" in fields else 0
-    else:
-        content_lengths = [v for k, v in headers if k == b"content-length"]
-        transfer_encodings = [v for k, v in headers if k == b"transfer-encoding"]
-        connection = [v for k, v in headers if k == b"connection"]
-        hosts = sum(1 for k, _ in headers if k == b"host")
-    if hosts != 1 and (hosts or version == "1.1"):
-        raise _bad_host(hosts)
-    content_length, chunked = body_framing(
-        version, content_lengths, transfer_encodings, limits.max_body
-    )
-    expect = fields.get(b"expect")
-    result = RequestHeadTwin(
-        method,
-        target,
-        version,
-        tuple(headers),
-        keep_alive(version, connection) if connection else version == "1.1",
-        expect is not None and version == "1.1" and expect.lower() == b"100-continue",
-        content_length,
-        chunked,
-    )
-    result.__class__ = RequestHead  # see events.RequestHeadTwin
-    return cast(RequestHead, result)
+def _parse_field_line(line: bytes) -> tuple[bytes, bytes]:
+    """(lowercase name, value without surrounding whitespace) of a field line free of control
+    bytes, or a ProtocolError; remembered in _FIELD_LINES when short."""
+    name, colon, value = line.partition(b":")
+    if not colon or not name or name.translate(None, _TCHAR):
+        _check_field_line(line, "header")
+        raise AssertionError("unreachable: a bad field line fails _check_field_line")
+    field = (name.lower(), value.strip(b" \t"))
+    if len(line) <= _CACHED_LINE_BYTES:
+        if len(_FIELD_LINES) >= _CACHED_LINES:
+            _FIELD_LINES.clear()
+        _FIELD_LINES[line] = field
+    return field
 
 
 def _parse_method(raw: bytes) -> str:
