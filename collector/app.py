@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -39,6 +40,9 @@ from collector.storage.writer import SegmentWriter
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+FLUSH_AFTER_REQUESTS = int(os.environ.get("COLLECTOR_FLUSH_AFTER", "16"))
+"""Requests waiting for the segment writer that make it append and answer them before the
+end of the event-loop iteration (see SegmentWriter.flush_if_queued)."""
 
 
 def describe_metrics(m: Metrics) -> None:
@@ -179,6 +183,7 @@ def make_state(ctx: AppContext, router: Router) -> ServerState:
         header_timeout=s.header_timeout, body_timeout=s.body_timeout,
         keepalive_timeout=s.keepalive_timeout, max_connections=s.max_connections,
         write_buffer_high=s.write_buffer_high, on_request=on_request,
+        after_read=functools.partial(ctx.writer.flush_if_queued, FLUSH_AFTER_REQUESTS),
     )
 
 

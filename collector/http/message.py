@@ -10,8 +10,8 @@ order.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,7 +27,8 @@ class Request:
     body: bytes = b""
     version: str = "1.1"
     client: str = ""
-    path_params: dict[str, str] = field(default_factory=dict)
+    path_params: Mapping[str, str] | None = None
+    """Set by the router for a pattern route (`/api/stats/:type`); None for an exact path."""
     _query: dict[str, list[str]] | None = None
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
@@ -54,7 +55,7 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Sequence[tuple[str, str]] = ()
     close: bool = False
     """Close the connection after this response (used after protocol errors)."""
 
@@ -97,7 +98,7 @@ Handler = Callable[[Request], "Response | Deferred | Awaitable[Response]"]
 
 
 def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(status, orjson.dumps(obj), "application/json", headers or [])
+    return Response(status, orjson.dumps(obj), "application/json", headers or ())
 
 
 def error_response(
@@ -109,4 +110,4 @@ def error_response(
 ) -> Response:
     """The error shape of SPEC §3: {"error": code, "message": how to fix it}."""
     body = orjson.dumps({"error": code, "message": message})
-    return Response(status, body, "application/json", headers or [], close)
+    return Response(status, body, "application/json", headers or (), close)

@@ -140,6 +140,7 @@ _AFTER_HEAD = TRANSITIONS[(_IDLE, Trigger.HEAD)]
 _AFTER_PEER_EOF = TRANSITIONS[(_IDLE, Trigger.PEER_EOF)]
 _AFTER_END_KEEP_ALIVE = TRANSITIONS[(_BODY, Trigger.END_KEEP_ALIVE)]
 _AFTER_END_CLOSE = TRANSITIONS[(_BODY, Trigger.END_CLOSE)]
+_AFTER_NEXT_CYCLE = TRANSITIONS[(_DONE, Trigger.NEXT_CYCLE)]
 
 
 class RequestParser:
@@ -173,6 +174,12 @@ class RequestParser:
         self._reset_head_scan()
 
     # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def at_rest(self) -> bool:
+        """Between requests with nothing buffered and the peer still there: next_event()
+        would answer NEED_DATA. Lets the server skip asking after each response."""
+        return self._state is _IDLE and self._pos == len(self._buf) and not self._eof
 
     @property
     def buffered(self) -> int:
@@ -248,7 +255,10 @@ class RequestParser:
             RuntimeError: "cannot start next cycle: <reason>" unless the current request has
                 been read to its EndOfMessage and allowed keep-alive.
         """
-        self._state = transition(self._state, Trigger.NEXT_CYCLE)
+        if self._state is _DONE:  # the one legal move, without the table lookup
+            self._state = _AFTER_NEXT_CYCLE
+        else:
+            self._state = transition(self._state, Trigger.NEXT_CYCLE)  # raises
         if self._scanned or self._skipped:
             self._reset_head_scan()
 

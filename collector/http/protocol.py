@@ -86,6 +86,9 @@ class ServerState:
     stopping: bool = False
     on_request: Callable[[str, int, float], None] | None = None
     """Called after each response with (route label, status, seconds), for metrics."""
+    after_read: Callable[[], None] | None = None
+    """Called after each read has been processed, outside any connection's parse loop (the
+    worker lets the segment writer flush there once enough requests wait for it)."""
 
 
 _IDLE, _HEADER, _BODY = 0, 1, 2
@@ -166,6 +169,9 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         self._process()
+        after_read = self.state.after_read
+        if after_read is not None:
+            after_read()
 
     # -- the parse/dispatch loop ---------------------------------------------------------------
 
@@ -282,7 +288,10 @@ class HttpProtocol(asyncio.Protocol):
             return  # the client left; whatever was stored stays stored
         self._respond(resp, self.label)
         self._resume_reading()
-        self._process()
+        if self.parser.at_rest and not self.closed and not self.write_paused:
+            self._need_data()  # what _process() would end with, without asking the parser
+        else:
+            self._process()
 
     def _on_task_done(self, task: asyncio.Future[Response], label: str) -> None:
         self.state.tasks.discard(task)
@@ -323,8 +332,8 @@ class HttpProtocol(asyncio.Protocol):
     def _write_now(self, resp: Response, *, keep_alive: bool, http10: bool,
                    head_only: bool) -> None:
         assert self.transport is not None
-        self.transport.write(serialize(resp, keep_alive=keep_alive, http10=http10,
-                                       head_only=head_only, date=self.state.date.line()))
+        self.transport.write(serialize(resp, keep_alive, http10, head_only,
+                                       self.state.date.line()))
 
     def _protocol_error(self, e: ProtocolError) -> None:
         self.state.metrics.inc("collector_protocol_errors_total", status=str(e.status_hint))
@@ -396,7 +405,7 @@ class HttpProtocol(asyncio.Protocol):
 def _pattern_label(request: Request) -> str:
     """A metrics label without the path parameter values (bounded label cardinality)."""
     path = request.path
-    for name, value in request.path_params.items():
+    for name, value in (request.path_params or {}).items():
         path = path.replace(value, ":" + name)
     return path
 

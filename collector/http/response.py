@@ -43,7 +43,7 @@ class DateCache:
 
 
 def serialize(
-    resp: Response, *, keep_alive: bool, http10: bool, head_only: bool, date: bytes
+    resp: Response, keep_alive: bool, http10: bool, head_only: bool, date: bytes
 ) -> bytes:
     """The whole response as bytes.
 

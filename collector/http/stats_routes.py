@@ -99,7 +99,7 @@ class StatsReader:
         self._key_cache: dict[str, dict[int, str]] = {}
 
     async def handle(self, request: Request) -> Response:
-        raw = request.path_params.get("type")
+        raw = (request.path_params or {}).get("type")
         # The router matches the raw path: a type with spaces or slashes arrives %-encoded.
         event_type = unquote(raw) if raw is not None else None
         picked = request.arg("granularity")

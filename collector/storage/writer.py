@@ -217,6 +217,16 @@ class SegmentWriter:
         queued.append(data)
         self._queued_done.append(done)
 
+    def flush_if_queued(self, count: int) -> None:
+        """Append and acknowledge now if `count` or more requests are queued.
+
+        For the server, between two reads: waiting for the end of the loop iteration keeps
+        every response of the iteration back until then, and a client that sends its next
+        requests only when answered (most do) then sits idle meanwhile.
+        """
+        if len(self._queued) >= count:
+            self._flush()
+
     def _flush(self) -> None:
         """Append everything submitted since the last flush, then acknowledge (or fail) it."""
         queued = self._queued

@@ -1037,3 +1037,63 @@ def test_any_split_of_a_pipelined_stream_yields_the_same_requests(
         elif isinstance(event, Body):
             bodies[-1] += event.data
     assert bodies == [r[3] for r in reqs]
+
+
+# --- the line caches of parse_head ---------------------------------------------------------------
+
+
+def test_remembered_lines_parse_exactly_like_new_ones() -> None:
+    from collector.http import parser as parser_module
+
+    head = (b"POST /api/events?x=1 HTTP/1.1\r\nHost: a\r\nX-Mixed-Case:  Value \t\r\n"
+            b"Content-Length: 5")
+    parser_module._FIELD_LINES.clear()
+    parser_module._REQUEST_LINES.clear()
+    first = parse_head(head)
+    assert parser_module._FIELD_LINES and parser_module._REQUEST_LINES  # remembered
+    again = parse_head(head)
+    assert again == first
+    assert again.headers == ((b"host", b"a"), (b"x-mixed-case", b"Value"),
+                             (b"content-length", b"5"))
+    assert (again.method, again.target, again.version) == ("POST", "/api/events?x=1", "1.1")
+
+
+def test_bad_lines_are_never_remembered() -> None:
+    from collector.http import parser as parser_module
+
+    for _ in range(2):  # the second time is not a cache hit: the same 400 again
+        with pytest.raises(ProtocolError) as info:
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x")
+        assert info.value.status_hint == 400
+        with pytest.raises(ProtocolError):
+            parse_head(b"GET  / HTTP/1.1\r\nHost: a")
+    assert b"Bad Name: x" not in parser_module._FIELD_LINES
+    assert b"GET  / HTTP/1.1" not in parser_module._REQUEST_LINES
+
+
+def test_the_line_caches_stay_bounded() -> None:
+    from collector.http import parser as parser_module
+
+    limit = parser_module._CACHED_LINES
+    for n in range(limit * 2 + 5):
+        parse_head(b"GET /p%d HTTP/1.1\r\nHost: a\r\nX-N: %d" % (n, n))
+        assert len(parser_module._FIELD_LINES) <= limit
+        assert len(parser_module._REQUEST_LINES) <= limit
+    long_value = b"v" * parser_module._CACHED_LINE_BYTES
+    parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + long_value)
+    assert b"Cookie: " + long_value not in parser_module._FIELD_LINES
+
+
+def test_at_rest_only_between_requests_with_nothing_buffered() -> None:
+    parser = RequestParser()
+    assert parser.at_rest
+    parser.feed(post(b"hi")[:10])
+    assert not parser.at_rest
+    parser.feed(post(b"hi")[10:])
+    assert type(parser.next_event()) is RequestHead
+    assert parser.take_whole_body() == b"hi"
+    assert not parser.at_rest  # the request still waits for start_next_cycle()
+    parser.start_next_cycle()
+    assert parser.at_rest
+    parser.feed(b"")
+    assert not parser.at_rest  # EOF: next_event() has something to say

@@ -578,3 +578,20 @@ async def test_a_failing_callback_does_not_starve_the_others(
         await asyncio.sleep(0)
     assert seen == [(1, None)]
     assert "callback failed" in caplog.text
+
+
+async def test_flush_if_queued_answers_before_the_iteration_ends_once_enough_wait(
+    seg_dir: Path,
+) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os")
+    seen, done_for = verdicts()
+    for n in range(3):
+        writer.submit(line(n), snowflake(n), done_for(n))
+    writer.flush_if_queued(4)
+    assert seen == []  # three waiting: not enough
+    writer.submit(line(3), snowflake(3), done_for(3))
+    writer.flush_if_queued(4)
+    assert seen == [(n, None) for n in range(4)]  # appended and answered right here
+    assert stored(seg_dir) == b"".join(line(n) for n in range(4))
+    await asyncio.sleep(0)  # the flush scheduled by the first submit finds nothing to do
+    assert len(seen) == 4 and stored(seg_dir) == b"".join(line(n) for n in range(4))
