@@ -40,7 +40,7 @@ from collector.storage.writer import SegmentWriter
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
-FLUSH_AFTER_REQUESTS = int(os.environ.get("COLLECTOR_FLUSH_AFTER", "16"))
+FLUSH_AFTER_REQUESTS = 16
 """Requests waiting for the segment writer that make it append and answer them before the
 end of the event-loop iteration (see SegmentWriter.flush_if_queued)."""
 
