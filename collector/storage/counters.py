@@ -41,8 +41,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterable
-from itertools import islice
+from itertools import islice, repeat
+from operator import itemgetter, mod, sub
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -51,6 +53,9 @@ from collector import stats
 from collector.clock import Clock
 from collector.config import RedisConfig, StatsConfig
 from collector.metrics import Metrics
+
+_USER = "user"
+"""The params key of the events rebuilt by _events_of (their _count_each reads this key)."""
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,11 @@ class StatsCounters:
         # An event older than this many seconds lands in no live bucket of any granularity.
         self._max_age = max(g.seconds + g.retention for g in self._grans)
 
-        # Gathered by add() since the last flush.
+        # Added by add() since the last flush, as columns (see _gather).
+        self._ts: list[float] = []
+        self._types: list[str] = []
+        self._users: list[Any] = []
+        # Gathered from them (by _gather), not yet folded.
         self._counts: dict[tuple[int, str], int] = {}
         self._bits: dict[int, set[int]] = {}
         self._hll: dict[int, set[str]] = {}
@@ -137,10 +146,73 @@ class StatsCounters:
         """Count accepted events in memory. Never awaits, never does I/O.
 
         Each event has "event_type", "ts" (UNIX seconds, >= 0) and "params" (dict).
+
+        On the request path, so it only copies the three values the counts need into columns
+        (three C-level extends, whatever the number of events); `_gather` counts them before
+        each flush, a column at a time. Counting event by event here cost a tenth of a
+        one-event request.
         """
+        if type(events) is not list:
+            events = list(events)
+        if len(events) == 1:  # a one-event request: appends beat building three maps
+            e = events[0]
+            self._ts.append(e["ts"])
+            self._types.append(e["event_type"])
+            self._users.append(e["params"].get(self._user_key))
+            return
+        self._ts.extend(map(_get_ts, events))
+        self._types.extend(map(_get_type, events))
+        self._users.extend(map(dict.get, map(_get_params, events), repeat(self._user_key)))
+
+    def _gather(self) -> None:
+        """Count the columns filled by `add` into `_counts`, `_bits` and `_hll`.
+
+        Counted with C-level loops (map, zip, Counter, set) per batch of a flush interval;
+        Python code runs once per distinct (second, type) and per distinct (day, user). Falls
+        back to `_count_each` for the rare batch where that would not give the same result: an
+        event too old for any bucket (not counted, and its user neither) or an unhashable
+        user id (a list or object in params).
+        """
+        stamps, types, users = self._ts, self._types, self._users
+        if not stamps:
+            return
+        self._ts, self._types, self._users = [], [], []
         oldest = self._clock.time() - self._max_age
+        if min(stamps) < oldest:
+            self._count_each(_events_of(stamps, types, users), oldest)
+            return
+        secs = list(map(int, stamps))
+        days = list(map(sub, secs, map(mod, secs, repeat(stats.DAY))))
+        try:
+            pairs = set(zip(days, users, strict=True))
+        except TypeError:  # an unhashable user id
+            self._count_each(_events_of(stamps, types, users), oldest)
+            return
         counts = self._counts
-        user_key = self._user_key
+        for key, n in Counter(zip(secs, types, strict=True)).items():
+            counts[key] = counts.get(key, 0) + n
+        limit = stats.BITMAP_ID_LIMIT
+        for day, u in pairs:
+            if u is None:
+                continue
+            if type(u) is int and 0 <= u < limit:
+                bits = self._bits.get(day)
+                if bits is None:
+                    bits = self._bits[day] = set()
+                bits.add(u)
+            elif type(u) is str and u and not u[0].isdigit():
+                names = self._hll.get(day)
+                if names is None:
+                    names = self._hll[day] = set()
+                names.add(u)
+            else:
+                self._add_user(day, stats.user_member(u))
+
+    def _count_each(self, events: Iterable[dict[str, Any]], oldest: float,
+                    user_key: str = _USER) -> None:
+        """The per-event rules: what `_gather` does a column at a time, and does through
+        here when the batch has an event too old to count or an unhashable user id."""
+        counts = self._counts
         limit = stats.BITMAP_ID_LIMIT
         too_old = 0
         for e in events:
@@ -209,6 +281,7 @@ class StatsCounters:
                     await task
         with contextlib.suppress(TimeoutError):  # a dead Redis must not hold up shutdown
             await asyncio.wait_for(self.flush(), self._close_timeout)
+        self._gather()
         if self._size or self._counts:
             log.warning("stats: %d pending counter entries not written to Redis at shutdown",
                         self._size + len(self._counts))
@@ -245,6 +318,7 @@ class StatsCounters:
     # --- folding gathered counts into the pending state ------------------------------------
 
     def _fold(self, now: float) -> None:
+        self._gather()
         counts, self._counts = self._counts, {}
         bits, self._bits = self._bits, {}
         hll, self._hll = self._hll, {}
@@ -443,3 +517,15 @@ def _chunks(members: set[Any]) -> Iterable[set[Any]]:
     it = iter(members)
     while chunk := set(islice(it, CHUNK)):
         yield chunk
+
+
+_get_ts = itemgetter("ts")
+_get_type = itemgetter("event_type")
+_get_params = itemgetter("params")
+
+
+def _events_of(stamps: list[float], types: list[str], users: list[Any]) -> list[dict[str, Any]]:
+    """The columns back as the minimal events `_count_each` reads (the slow path only)."""
+    return [{"ts": t, "event_type": e, "params": {} if u is None else {_USER: u}}
+            for t, e, u in zip(stamps, types, users, strict=True)]
+
