@@ -191,29 +191,16 @@ class StatsCounters:
         counts = self._counts
         for key, n in Counter(zip(secs, types, strict=True)).items():
             counts[key] = counts.get(key, 0) + n
-        limit = stats.BITMAP_ID_LIMIT
+        add_user_id = self._add_user_id
         for day, u in pairs:
-            if u is None:
-                continue
-            if type(u) is int and 0 <= u < limit:
-                bits = self._bits.get(day)
-                if bits is None:
-                    bits = self._bits[day] = set()
-                bits.add(u)
-            elif type(u) is str and u and not u[0].isdigit():
-                names = self._hll.get(day)
-                if names is None:
-                    names = self._hll[day] = set()
-                names.add(u)
-            else:
-                self._add_user(day, stats.user_member(u))
+            if u is not None:
+                add_user_id(day, u)
 
     def _count_each(self, events: Iterable[dict[str, Any]], oldest: float,
                     user_key: str = _USER) -> None:
         """The per-event rules: what `_gather` does a column at a time, and does through
         here when the batch has an event too old to count or an unhashable user id."""
         counts = self._counts
-        limit = stats.BITMAP_ID_LIMIT
         too_old = 0
         for e in events:
             ts = e["ts"]
@@ -224,23 +211,27 @@ class StatsCounters:
             k = (sec, e["event_type"])
             counts[k] = counts.get(k, 0) + 1
             u = e["params"].get(user_key)
-            if u is None:
-                continue
-            day = sec - sec % stats.DAY
-            if type(u) is int and 0 <= u < limit:  # the common case, without a call
-                bits = self._bits.get(day)
-                if bits is None:
-                    bits = self._bits[day] = set()
-                bits.add(u)
-            elif type(u) is str and u and not u[0].isdigit():  # a name, never an int id
-                names = self._hll.get(day)
-                if names is None:
-                    names = self._hll[day] = set()
-                names.add(u)
-            else:
-                self._add_user(day, stats.user_member(u))
+            if u is not None:
+                self._add_user_id(sec - sec % stats.DAY, u)
         if too_old:
             self._metrics.inc("collector_stats_too_old_total", too_old)
+
+    def _add_user_id(self, day: int, u: Any) -> None:
+        """Note user id `u` (from params) as active on `day`: an int id in the bitmap range,
+        a name (a str that cannot be an int id) in the HyperLogLog set as it is, anything
+        else classified by stats.user_member."""
+        if type(u) is int and 0 <= u < stats.BITMAP_ID_LIMIT:  # the common case, no call
+            bits = self._bits.get(day)
+            if bits is None:
+                bits = self._bits[day] = set()
+            bits.add(u)
+        elif type(u) is str and u and not u[0].isdigit():
+            names = self._hll.get(day)
+            if names is None:
+                names = self._hll[day] = set()
+            names.add(u)
+        else:
+            self._add_user(day, stats.user_member(u))
 
     def _add_user(self, day: int, member: int | str | None) -> None:
         if member is None:
