@@ -579,13 +579,13 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
 
     # Field lines repeat from request to request (Host, User-Agent, Content-Type, and the
     # Content-Length of bodies of the same size), so each line already seen is one dict hit.
-    headers = list(map(_FIELD_LINES.get, lines))
-    headers[0] = ()  # the request line's slot, dropped below
-    if None in headers:
-        for i in range(1, len(lines)):
-            if headers[i] is None:
-                headers[i] = _parse_field_line(lines[i])
-    del headers[0]
+    found: list[tuple[bytes, bytes] | None] = list(map(_FIELD_LINES.get, lines))
+    del found[0]  # the request line's slot
+    if None in found:
+        for i, field in enumerate(found):
+            if field is None:
+                found[i] = _parse_field_line(lines[i + 1])
+    headers: list[tuple[bytes, bytes]] = found  # type: ignore[assignment]  # None-free now
 
     fields = dict(headers)
     if len(fields) == len(headers):

@@ -271,7 +271,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         rtype = type(result)
         if rtype is Response:
-            self._respond(result, label)
+            self._respond(result, label)  # type: ignore[arg-type]
             return
         self.busy = True
         if rtype is Deferred:
