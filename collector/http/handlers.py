@@ -1,9 +1,11 @@
 """Core routes: ingestion (POST /api/events, the pixel), /help, /healthz, /metrics.
 
 Ingestion is the hot path. Per request: decode (gzip), parse, validate the whole batch (all or
-nothing), mint ids, encode one bytes object, one segment append, then the in-memory processors
-(Redis counters). Nothing is handed to a processor before the segment write is acknowledged, so
-counts never include an event the client was told failed.
+nothing), mint ids, encode one bytes object and submit it to the segment writer, answering with
+a Deferred; the writer appends the requests of one loop iteration together and calls back, and
+only then come the 202 and the in-memory processors (Redis counters). Nothing is handed to a
+processor before the segment write is acknowledged, so counts never include an event the client
+was told failed.
 """
 
 from __future__ import annotations
