@@ -54,9 +54,6 @@ from collector.clock import Clock
 from collector.config import RedisConfig, StatsConfig
 from collector.metrics import Metrics
 
-_USER = "user"
-"""The params key of the events rebuilt by _events_of (their _count_each reads this key)."""
-
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
@@ -179,14 +176,14 @@ class StatsCounters:
         self._ts, self._types, self._users = [], [], []
         oldest = self._clock.time() - self._max_age
         if min(stamps) < oldest:
-            self._count_each(_events_of(stamps, types, users), oldest)
+            self._count_each(stamps, types, users, oldest)
             return
         secs = list(map(int, stamps))
         days = list(map(sub, secs, map(mod, secs, repeat(stats.DAY))))
         try:
             pairs = set(zip(days, users, strict=True))
         except TypeError:  # an unhashable user id
-            self._count_each(_events_of(stamps, types, users), oldest)
+            self._count_each(stamps, types, users, oldest)
             return
         counts = self._counts
         for key, n in Counter(zip(secs, types, strict=True)).items():
@@ -196,21 +193,20 @@ class StatsCounters:
             if u is not None:
                 add_user_id(day, u)
 
-    def _count_each(self, events: Iterable[dict[str, Any]], oldest: float,
-                    user_key: str = _USER) -> None:
-        """The per-event rules: what `_gather` does a column at a time, and does through
-        here when the batch has an event too old to count or an unhashable user id."""
+    def _count_each(self, stamps: list[float], types: list[str], users: list[Any],
+                    oldest: float) -> None:
+        """The per-event rules over the columns: what `_gather` does a column at a time, and
+        does through here when the batch has an event too old to count or an unhashable user
+        id."""
         counts = self._counts
         too_old = 0
-        for e in events:
-            ts = e["ts"]
+        for ts, event_type, u in zip(stamps, types, users, strict=True):
             if ts < oldest:
                 too_old += 1
                 continue
             sec = int(ts)
-            k = (sec, e["event_type"])
+            k = (sec, event_type)
             counts[k] = counts.get(k, 0) + 1
-            u = e["params"].get(user_key)
             if u is not None:
                 self._add_user_id(sec - sec % stats.DAY, u)
         if too_old:
@@ -513,10 +509,3 @@ def _chunks(members: set[Any]) -> Iterable[set[Any]]:
 _get_ts = itemgetter("ts")
 _get_type = itemgetter("event_type")
 _get_params = itemgetter("params")
-
-
-def _events_of(stamps: list[float], types: list[str], users: list[Any]) -> list[dict[str, Any]]:
-    """The columns back as the minimal events `_count_each` reads (the slow path only)."""
-    return [{"ts": t, "event_type": e, "params": {} if u is None else {_USER: u}}
-            for t, e, u in zip(stamps, types, users, strict=True)]
-

@@ -27,7 +27,9 @@ def gathered(c: StatsCounters) -> tuple[Any, Any, Any]:
 
 def by_the_rules(events: list[dict[str, Any]], metrics: Metrics) -> tuple[Any, Any, Any]:
     reference = counters(metrics)
-    reference._count_each(events, NOW - reference._max_age, STATS.user_key)
+    reference._count_each([e["ts"] for e in events], [e["event_type"] for e in events],
+                          [e["params"].get(STATS.user_key) for e in events],
+                          NOW - reference._max_age)
     return gathered(reference)
 
 
