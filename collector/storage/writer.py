@@ -242,6 +242,12 @@ class SegmentWriter:
         except StorageUnavailable as exc:
             _call_all(dones, exc)
             return
+        except Exception as exc:
+            # A bug, not a storage error: still answer every request (503, so clients retry)
+            # rather than leave its connection waiting for a callback that never comes.
+            logger.exception("segment append failed unexpectedly")
+            _call_all(dones, StorageUnavailable(f"segment append failed: {exc!r}"))
+            return
         if pending is None:
             _call_all(dones, None)
         else:

@@ -595,3 +595,22 @@ async def test_flush_if_queued_answers_before_the_iteration_ends_once_enough_wai
     assert stored(seg_dir) == b"".join(line(n) for n in range(4))
     await asyncio.sleep(0)  # the flush scheduled by the first submit finds nothing to do
     assert len(seen) == 4 and stored(seg_dir) == b"".join(line(n) for n in range(4))
+
+
+async def test_a_bug_in_the_shared_append_still_answers_every_request(
+    seg_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os")
+    seen, done_for = verdicts()
+
+    def broken(data: bytes, first_id: int) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(writer, "_append", broken)
+    writer.submit(line(0), snowflake(0), done_for(0))
+    writer.submit(line(1), snowflake(1), done_for(1))
+    with caplog.at_level(logging.ERROR):
+        await asyncio.sleep(0)
+    assert [n for n, _ in seen] == [0, 1]
+    assert all(isinstance(error, StorageUnavailable) for _, error in seen)
+    assert "failed unexpectedly" in caplog.text
