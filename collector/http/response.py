@@ -21,8 +21,6 @@ CORS = b"access-control-allow-origin: *\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _CONTENT_TYPES: dict[str, bytes] = {}
-_PREFIXES: dict[tuple[int, str], bytes] = {}
-"""Status line, content-type and the name of content-length, per (status, content type)."""
 
 
 class DateCache:
@@ -55,22 +53,17 @@ def serialize(
             included, and no body (RFC 9110 §9.3.2).
     """
     body = resp.body
-    if keep_alive and not http10 and not head_only and not resp.headers:
-        # The common response (a keep-alive 1.1 request, no extra headers): one formatting of
-        # a prefix cached per (status, content type).
-        prefix = _PREFIXES.get((resp.status, resp.content_type))
-        if prefix is not None:
-            return b"%b%d\r\n%b%b\r\n%b" % (prefix, len(body), CORS, date, body)
-        if resp.status != 204 and resp.status != 304 and resp.status in STATUS_LINE:
-            _PREFIXES[(resp.status, resp.content_type)] = (
-                STATUS_LINE[resp.status] + b"content-type: "
-                + resp.content_type.encode("latin-1") + b"\r\ncontent-length: ")
     ct = _CONTENT_TYPES.get(resp.content_type)
     if ct is None:
         ct = _CONTENT_TYPES[resp.content_type] = (
             b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
         )
     status_line = STATUS_LINE.get(resp.status) or f"HTTP/1.1 {resp.status} Unknown\r\n".encode()
+    if keep_alive and not http10 and not head_only and not resp.headers and \
+            resp.status != 204 and resp.status != 304:
+        # The common response (keep-alive 1.1, no extra headers): one formatting, no list.
+        return b"%b%bcontent-length: %d\r\n%b%b\r\n%b" % (status_line, ct, len(body), CORS,
+                                                           date, body)
     if resp.status == 204 or resp.status == 304:
         # No body and no content-length on 204 (RFC 9110 §8.6) and 304.
         parts = [status_line, CORS, date]
