@@ -13,6 +13,9 @@ setup(
     install_requires=[
         "uvloop>=0.19",
         "orjson>=3.9",
+        # Batches: decodes an array of events with their params kept as raw bytes, which
+        # orjson cannot do (collector/rawbatch.py).
+        "msgspec>=0.18",
         "redis>=5.0",
         "pymongo>=4.6",
         # The embedded default Redis: the wheel ships a redis-server binary.

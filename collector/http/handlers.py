@@ -15,7 +15,7 @@ import zlib
 from functools import partial
 from typing import Any
 
-from collector import __version__
+from collector import __version__, rawbatch
 from collector.auth import check_write
 from collector.context import AppContext
 from collector.errors import BadEvent, StorageUnavailable
@@ -29,6 +29,7 @@ from collector.schema import (
     TooManyEvents,
     encode_batch,
     event_from_query,
+    ids_json,
     parse_body,
     validate_batch,
 )
@@ -78,6 +79,11 @@ class Ingest:
                 return decoded
             body = decoded  # type: ignore[assignment]
         received_at = self.ctx.clock.time()
+        if not self.ctx.processors:  # (processors are handed params as objects)
+            batch = rawbatch.decode(body, received_at, self.limits)
+            if batch is not None:
+                ids = self.ctx.ids.next_ids(len(batch.types))
+                return self._submit(rawbatch.encode(batch, ids, received_at), ids, None, False)
         try:
             items, _ = parse_body(body)
             texts: list[bytes] = []
@@ -135,12 +141,17 @@ class Ingest:
         ctx = self.ctx
         ids = ctx.ids.next_ids(len(events)) if len(events) > 1 else [ctx.ids.next_id()]
         data = encode_batch(events, ids, received_at, texts)
-        reply = Deferred()
         # The events are only needed again by the processors. Without any, drop them now:
         # holding every request's parsed objects until the end of the loop iteration frees
         # them all at once, and pymalloc then returns its arenas to the kernel and faults them
         # back in on the next iteration (measured: a third of the batch throughput).
-        kept = events if ctx.processors else None
+        return self._submit(data, ids, events if ctx.processors else None, pixel)
+
+    def _submit(self, data: bytes, ids: list[int], kept: list[dict[str, Any]] | None,
+                pixel: bool) -> Response | Deferred:
+        """Hand the lines to the segment writer; the reply resolves once they are written."""
+        ctx = self.ctx
+        reply = Deferred()
         try:
             ctx.writer.submit(data, ids[0], partial(self._stored, reply, kept, ids, len(data),
                                                     pixel))
@@ -173,9 +184,8 @@ class Ingest:
                             [("cache-control", "no-store, max-age=0")])
         if len(ids) == 1:  # the common single-event request: no list to build
             return Response(202, b'{"status":"accepted","accepted":1,"ids":["%d"]}' % ids[0])
-        body = b'{"status":"accepted","accepted":%d,"ids":["%b"]}' % (
-            len(ids), '","'.join(map(str, ids)).encode())
-        return Response(202, body)
+        return Response(202, b'{"status":"accepted","accepted":%d,"ids":%b}' % (
+            len(ids), ids_json(ids)))
 
     def _unavailable(self, e: StorageUnavailable) -> Response:
         self.metrics.inc("collector_storage_unavailable_total")
