@@ -35,14 +35,22 @@ accepts, and produce lines that mean what the slow path's lines mean:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import NamedTuple
 
 import msgspec
 import orjson
 
-from collector.schema import MAX_EVENT_TYPE_CHARS, EventLimits, _id_pieces, _upper_ts, round_ms
+from collector.schema import (
+    MAX_EVENT_TYPE_CHARS,
+    MS_THRESHOLD,
+    EventLimits,
+    _id_pieces,
+    _upper_ts,
+    round_ms,
+)
 
 MIN_EVENTS = 8
 """Smaller batches gain little and go the slow path (fewer shapes to get right)."""
@@ -59,6 +67,8 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _decode_events = msgspec.json.Decoder(list[_Event]).decode
+_decode_event = msgspec.json.Decoder(_Event).decode
+dumps = orjson.dumps
 _get_type = attrgetter("event_type")
 _get_ts = attrgetter("ts")
 _get_params = attrgetter("params")
@@ -69,17 +79,27 @@ _INT_TS = b'%d,"params":'
 
 _CLASSES = bytes(
     48 if byte in b"0123456789" else 101 if byte in b"eE" else 123 if byte in b"{[" else
-    byte if byte in b"}\n" else 32 for byte in range(256))
-"""The character classes of params' JSON that `decode` looks at: digits map to "0", the
-exponent letters to "e", both opening brackets to "{"; "}" and newlines stay, and every other
-byte becomes a space (so that searches skip through it quickly)."""
-_GROUP = 16
-"""Params checked together: small enough that the depth bound of a group (its brackets less
-one per params) holds for params with a few containers each, large enough to amortize."""
+    125 if byte == 125 else 33 if byte in b"\\\n\r" else 10 if byte == 0 else 32
+    for byte in range(256))
+"""The character classes of params' JSON that the checks look at, so that one translate
+serves them all: digits map to "0", the exponent letters to "e", both opening brackets to
+"{", "}" stays, a backslash or a raw line break becomes "!", the NUL that separates params
+joined together (JSON text never holds one) becomes a newline, and every other byte a space
+(searches then skip through it quickly)."""
+_SEPARATOR = b"\x00"
+_SUSPECT = b"!"
+"""A backslash (maybe a `\\u` escape: orjson refuses lone surrogates) or a raw line break (it
+would split the NDJSON line): the params is looked at closer (`_suspect`)."""
 _LONG_DIGITS = b"0" * 200
 """A run of digits this long might be an integer past a double's range (orjson refuses them)."""
 _DIGIT_EXPONENT = b"0e"
 """A digit then an exponent letter: a number in exponent notation might overflow (`1e400`)."""
+_GROUP = 16
+"""Params checked together: small enough that the depth bound of a group (its brackets less
+one per params) holds for params with a few containers each, large enough to amortize."""
+
+# (`x.find(y) >= 0` rather than `y in x` throughout: CPython's bytes `in` first tries its
+# operand as an int, and the TypeError it raises and clears costs more than the search.)
 
 
 class RawBatch(NamedTuple):
@@ -101,7 +121,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         return None
     try:
         events = _decode_events(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
         return None
     count = len(events)
     if count < MIN_EVENTS or count > limits.max_events:
@@ -127,20 +147,67 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     elif not kinds <= _NUMBERS or min(stamps) < 0 or max(stamps) > upper:
         return None  # (JSON has no NaN, so min and max are exact here.)
     params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
+    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
+        return None
     if not body.isascii():
         try:
             body.decode()  # msgspec does not check the strings it skips
         except UnicodeDecodeError:
             return None
-    if b"\\" in body or b"\n" in body or b"\r" in body:
-        reserialized = _reserialized(params)
-        if reserialized is None:
-            return None
-        params = reserialized
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
         return None
     return RawBatch(types, stamps, checked, int_stamps)
+
+
+def encode_one(body: bytes, received_at: float, limits: EventLimits,
+               next_id: Callable[[], int]) -> tuple[bytes, int] | None:
+    """The segment line of a body holding one plain event object, and its id; else None.
+
+    The single-event request is the most common one, and every call here is a fixed cost
+    paid per event, so this is `decode` and `encode` for one value, written flat (no
+    helpers on the common path, the id minted by `next_id` only once the event passed).
+    None, as for `decode`, only means "use the slow path".
+    """
+    try:
+        event = _decode_event(body)
+    except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
+        return None
+    event_type = event.event_type
+    if event_type.strip() != event_type or not event_type or \
+            len(event_type) > MAX_EVENT_TYPE_CHARS or not event_type.isprintable():
+        return None
+    ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
+    ts = event.ts
+    if ts is None:
+        ts_json = dumps(ra)
+    else:
+        upper = ra + limits.max_future_skew  # schema._upper_ts, inlined
+        if upper > MS_THRESHOLD:
+            upper = MS_THRESHOLD
+        if ts < 0 or ts > upper:
+            return None
+        ts_json = b"%d" % ts if type(ts) is int else dumps(ts)
+    if _hides_values(body, event.params is not _NO_PARAMS):
+        return None
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return None
+    params = bytes(event.params)
+    classes = params.translate(_CLASSES)
+    if _looks_suspect(classes):
+        reserialized = _reserialized([params])
+        if reserialized is None:
+            return None
+        params = bytes(reserialized[0])
+        classes = params.translate(_CLASSES)
+    if classes[-1:] != b"}" or classes.count(b"{") > limits.max_depth:
+        return None  # not an object, or maybe too deep (see _checked_params)
+    snowflake = next_id()
+    return b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
+        snowflake, dumps(event_type), ts_json, params, dumps(ra)), snowflake
 
 
 def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
@@ -148,19 +215,19 @@ def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
     """The params, with any whose numbers orjson might refuse re-serialized, if every one of
     them is an object nested at most `max_depth` deep; else None.
 
-    Groups of `_GROUP` params are looked at together: joined by newlines (none of them holds
-    one any more) and mapped to `_CLASSES`, a few scans of C answer for the whole group.
+    Groups of `_GROUP` params are looked at together: joined by NULs and mapped to `_CLASSES`,
+    a few scans in C answer for the whole group.
     """
     out: list[msgspec.Raw | bytes] = []
     for start in range(0, len(params), _GROUP):
         group = params[start:start + _GROUP]
-        classes = b"\n".join(group).translate(_CLASSES)
-        if _DIGIT_EXPONENT in classes or _LONG_DIGITS in classes:
+        classes = _SEPARATOR.join(group).translate(_CLASSES)
+        if _looks_suspect(classes):
             reserialized = _reserialized(group)
             if reserialized is None:
                 return None
             group = reserialized
-            classes = b"\n".join(group).translate(_CLASSES)
+            classes = _SEPARATOR.join(group).translate(_CLASSES)
         size = len(group)
         # Every params is an object: a JSON value that ends in "}" is one (arrays end in "]",
         # strings in a quote, the rest in a digit or a letter).
@@ -186,18 +253,38 @@ def _reserialized(params: list[msgspec.Raw | bytes]) -> list[msgspec.Raw | bytes
         return None
 
 
+def _hides_values(body: bytes, params_present: int) -> bool:
+    """Whether `body` may hold JSON values that msgspec skipped without a look.
+
+    A field given twice: msgspec keeps the last value, as orjson does, but only skims the
+    earlier ones, which the checks here never see; orjson (the slow path, which would parse
+    the whole body) may refuse them, e.g. `"params": 1e400, "params": {}`. Every `params`
+    key is found by its text, unless it is spelled with an escape: a body with a backslash
+    anywhere goes to the slow path. Then a `"params"` more than the params present is a
+    duplicate key (or the word quoted inside a params, a harmless false alarm). Repeated
+    `event_type` and `ts` values are decoded by msgspec and checked by it, type and range.
+    """
+    return body.find(b"\\") >= 0 or body.count(b'"params"') != params_present
+
+
+def _looks_suspect(classes: bytes) -> bool:
+    """Whether params mapped to `_CLASSES` may hold JSON that orjson reads differently from a
+    byte copy, or refuses: then `_reserialized` looks at each of them."""
+    return classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or \
+        (len(classes) >= len(_LONG_DIGITS) and classes.find(_LONG_DIGITS) >= 0)
+
+
 def _suspect(data: msgspec.Raw | bytes) -> bool:
-    """Whether a params' bytes may hold JSON that orjson reads differently or refuses.
+    """Whether one params' bytes may hold JSON that orjson reads differently or refuses.
 
     A `\\u` escape (orjson refuses lone surrogates), a raw line break (it would split the
-    NDJSON line), or a number that might overflow a double. Runs only for a body in which
-    `decode` found one of them, to find which params it is in.
+    NDJSON line), or a number that might overflow a double.
     """
     raw = bytes(data)
-    if b"\\u" in raw or b"\n" in raw or b"\r" in raw:
+    if raw.find(b"\\u") >= 0 or raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
         return True
     classes = raw.translate(_CLASSES)
-    return _DIGIT_EXPONENT in classes or _LONG_DIGITS in classes
+    return classes.find(_DIGIT_EXPONENT) >= 0 or classes.find(_LONG_DIGITS) >= 0
 
 
 def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:

@@ -80,10 +80,16 @@ class Ingest:
             body = decoded  # type: ignore[assignment]
         received_at = self.ctx.clock.time()
         if not self.ctx.processors:  # (processors are handed params as objects)
-            batch = rawbatch.decode(body, received_at, self.limits)
-            if batch is not None:
-                ids = self.ctx.ids.next_ids(len(batch.types))
-                return self._submit(rawbatch.encode(batch, ids, received_at), ids, None, False)
+            if body[:1] == b"{":
+                one = rawbatch.encode_one(body, received_at, self.limits, self.ctx.ids.next_id)
+                if one is not None:
+                    return self._submit(one[0], [one[1]], None, False)
+            else:
+                batch = rawbatch.decode(body, received_at, self.limits)
+                if batch is not None:
+                    ids = self.ctx.ids.next_ids(len(batch.types))
+                    return self._submit(rawbatch.encode(batch, ids, received_at), ids, None,
+                                        False)
         try:
             items, _ = parse_body(body)
             texts: list[bytes] = []

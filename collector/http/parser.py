@@ -565,23 +565,26 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
     """
     lines = head.split(b"\r\n")
     n_fields = len(lines) - 1
-    if head.translate(None, _NOT_CTL) != b"\r\n" * n_fields:
-        _reject_control_bytes(lines, "header")
     request_line = lines[0]
-    if len(request_line) > limits.max_request_line:
-        raise _request_line_too_long(limits)
-    if n_fields > limits.max_headers:
-        raise _too_many_headers(limits)
     known = _REQUEST_LINES.get(request_line)
-    if known is None:
-        known = _parse_request_line(request_line)
-    method, target, version = known
-
     # Field lines repeat from request to request (Host, User-Agent, Content-Type, and the
     # Content-Length of bodies of the same size), so each line already seen is one dict hit.
     found: list[tuple[bytes, bytes] | None] = list(map(_FIELD_LINES.get, lines))
     del found[0]  # the request line's slot
-    if None in found:
+    missed = known is None or None in found
+    # Control bytes: a line found in a cache was checked when it was first seen, and the
+    # split on CRLF leaves no CR or LF in any line equal to it, so only a head with a new line
+    # needs the scan (a translate costs more than all the dict hits together).
+    if missed and head.translate(None, _NOT_CTL) != b"\r\n" * n_fields:
+        _reject_control_bytes(lines, "header")
+    if len(request_line) > limits.max_request_line:
+        raise _request_line_too_long(limits)
+    if n_fields > limits.max_headers:
+        raise _too_many_headers(limits)
+    if known is None:
+        known = _parse_request_line(request_line)
+    method, target, version = known
+    if missed:
         for i, field in enumerate(found):
             if field is None:
                 found[i] = _parse_field_line(lines[i + 1])
