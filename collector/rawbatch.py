@@ -1,36 +1,39 @@
-"""The batch fast path: a JSON array of events to segment lines without building params objects.
+"""The fast path of POST /api/events: events to segment lines without building params objects.
 
-Why it exists: with orjson, a batch event costs about 6 µs on one core, most of it building
-Python objects for `params` (`orjson.loads`), checking them, and serializing them again
-(`orjson.dumps`), only to write the same JSON back to the segment. The 400,000 events/s target
-of issue 2 leaves 2.5 µs per event for everything including HTTP and the write. Here msgspec
-decodes the array into small structs whose `params` is a `msgspec.Raw`: a view of the
-client's own bytes, skipped over by msgspec's parser (which checks its syntax) but never turned
-into objects. Those bytes go into the line as they are, next to the fields we did decode and
-check. The line is the same JSON value `schema.encode_batch` would write; only insignificant
-formatting inside params (spaces, number spelling, escapes) can differ.
+Why it exists: with orjson, an event costs CPython about 24k instructions in a batch and 36k
+alone (parse, validate, serialize again), most of it building Python objects for `params`
+(`orjson.loads`), checking them, and serializing them back (`orjson.dumps`), only to write the
+same JSON to the segment. Here msgspec decodes the body into small structs whose `params` is
+a `msgspec.Raw`: a view of the client's own bytes, skipped over by msgspec's parser (which
+checks their syntax) but never turned into objects. Those bytes go into the line as they are,
+next to the fields that were decoded and checked. The line is the same JSON value
+`schema.encode_batch` would write; only insignificant formatting inside params (spaces, the
+spelling of a number) can differ. `encode_one` does one event object, `decode` + `encode` an
+array of `MIN_EVENTS` or more.
 
-This path never decides anything on its own. `decode` answers None for every body it is not
-sure about, valid or not, and the caller then runs `schema.parse_body` / `validate_batch`,
-which own the rules and every error message. So it must accept only bodies the slow path
-accepts, and produce lines that mean what the slow path's lines mean:
+This path never decides anything on its own. It answers None for every body it is not sure
+about, valid or not, and the caller then runs `schema.parse_body` / `validate_batch`, which
+own the rules and every error message. So it must accept only bodies the slow path accepts,
+and write lines that mean what the slow path's lines mean (tests/unit/test_rawbatch.py checks
+both on generated bodies):
 
-* Shape: an array of 8 to `max_events` objects whose only fields are `event_type` (a string),
-  `ts` (a number or null) and `params` (an object); `forbid_unknown_fields` sends
-  `event_id`, `sent_at`, unknown fields, strings for numbers and booleans to the slow path.
-* The checks of `schema._validate_columns` on the decoded columns (event_type needs no
-  stripping and is printable and 1-256 characters; ts within [0, receive time + skew]).
-* Where msgspec's skipping of a Raw value is more lenient than orjson, which the slow path and
-  the loader parse with, the bytes are checked: the whole body must be valid UTF-8 (msgspec
-  does not check skipped strings), and a params holding something orjson reads differently or
-  refuses is re-serialized through orjson, exactly as the slow path would store it:
-  a `\\u` escape (orjson refuses lone surrogates), a raw line break (it would split the NDJSON
-  line; JSON only allows one between tokens), or a number that might overflow a double
-  (orjson refuses `1e400`). Those are found by two scans of the whole body in C; only a body
-  that has one of them pays for looking at each params.
+* Shape: events whose only fields are `event_type` (a string), `ts` (a number or null) and
+  `params` (an object); `forbid_unknown_fields` sends `event_id`, `sent_at`, unknown fields,
+  strings for numbers and booleans to the slow path.
+* The rules of `schema._validate_columns` on the decoded values (event_type needs no stripping
+  and is printable and 1-256 characters; ts within [0, receive time + skew]).
+* What msgspec only skims, orjson (the slow path and the loader) parses in full, and it is
+  stricter in three ways: it refuses invalid UTF-8 (so the whole body must decode), lone
+  surrogate escapes (so a body with any backslash goes to the slow path), and numbers past a
+  double's range such as `1e400` (a params whose digits look like one is re-serialized by
+  orjson, which then accepts it or says no for the whole body). A raw line break between the
+  tokens of a params would split the NDJSON line: such a params is re-serialized too.
+* A field given twice: msgspec keeps the last value, as orjson does, but never checks the
+  earlier ones, so a body with more `"params"` or `"ts"` keys than values goes to the slow path
+  (`_hides_values`).
 * Depth: params may nest at most `max_depth` deep. Each container opens with one `{` or `[`,
-  so the brackets of the whole body bound the depth of any one params; a body with too many
-  brackets for that bound to hold goes to the slow path.
+  so a params' brackets bound its depth; they are counted per group of params, and per params
+  only when the group's count leaves room for doubt.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One batch event as msgspec decodes it. gc=False: it holds no containers, so no cycles."""
 
     event_type: str
-    ts: int | float | None = None
+    ts: int | float | None | msgspec.UnsetType = msgspec.UNSET
     params: msgspec.Raw = _NO_PARAMS
 
 
@@ -136,9 +139,10 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
     stamps = list(map(_get_ts, events))
+    stamps_sent = count - stamps.count(msgspec.UNSET)
     kinds = set(map(type, stamps))
-    if type(None) in kinds:
-        stamps = [ra if ts is None else ts for ts in stamps]
+    if not kinds <= _NUMBERS:
+        stamps = [ts if type(ts) in _NUMBERS else ra for ts in stamps]  # absent or null
         kinds = set(map(type, stamps))
     int_stamps = kinds == _ONLY_INT
     if int_stamps:
@@ -147,7 +151,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     elif not kinds <= _NUMBERS or min(stamps) < 0 or max(stamps) > upper:
         return None  # (JSON has no NaN, so min and max are exact here.)
     params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
-    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
+    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True),
+                     stamps_sent):
         return None
     if not body.isascii():
         try:
@@ -179,7 +184,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         return None
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
-    if ts is None:
+    if ts is None or ts is msgspec.UNSET:
         ts_json = dumps(ra)
     else:
         upper = ra + limits.max_future_skew  # schema._upper_ts, inlined
@@ -188,7 +193,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         if ts < 0 or ts > upper:
             return None
         ts_json = b"%d" % ts if type(ts) is int else dumps(ts)
-    if _hides_values(body, event.params is not _NO_PARAMS):
+    if _hides_values(body, event.params is not _NO_PARAMS, event.ts is not msgspec.UNSET):
         return None
     if not body.isascii():
         try:
@@ -248,23 +253,25 @@ def _reserialized(params: list[msgspec.Raw | bytes]) -> list[msgspec.Raw | bytes
     """Each `_suspect` params as orjson writes it (what the slow path would store), the others
     untouched; None if orjson refuses one (the slow path then says why)."""
     try:
-        return [orjson.dumps(orjson.loads(p)) if _suspect(p) else p for p in params]
-    except orjson.JSONDecodeError:
+        return [orjson.dumps(orjson.loads(bytes(p))) if _suspect(p) else p for p in params]
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # (encode: nesting past 255)
         return None
 
 
-def _hides_values(body: bytes, params_present: int) -> bool:
-    """Whether `body` may hold JSON values that msgspec skipped without a look.
+def _hides_values(body: bytes, params_sent: int, stamps_sent: int) -> bool:
+    """Whether `body` may hold JSON values that msgspec skimmed and no check here saw.
 
-    A field given twice: msgspec keeps the last value, as orjson does, but only skims the
-    earlier ones, which the checks here never see; orjson (the slow path, which would parse
-    the whole body) may refuse them, e.g. `"params": 1e400, "params": {}`. Every `params`
-    key is found by its text, unless it is spelled with an escape: a body with a backslash
-    anywhere goes to the slow path. Then a `"params"` more than the params present is a
-    duplicate key (or the word quoted inside a params, a harmless false alarm). Repeated
-    `event_type` and `ts` values are decoded by msgspec and checked by it, type and range.
+    A field given twice: msgspec keeps the last value, as orjson does, but the earlier ones are
+    only skimmed (a params) or type-checked (a ts, which may then be an integer too large for a
+    double), and orjson, parsing the whole body in the slow path, may refuse them: e.g.
+    `"params": 1e400, "params": {}`. Every such key is found by its text unless it is spelled
+    with an escape, so a body with a backslash anywhere goes to the slow path; then a
+    `"params"` or a `"ts"` more than the values decoded is a repeated key (or the word quoted
+    inside a params: a harmless false alarm). A repeated `event_type` is decoded as a string,
+    which needs nothing more than the body's UTF-8 check.
     """
-    return body.find(b"\\") >= 0 or body.count(b'"params"') != params_present
+    return body.find(b"\\") >= 0 or body.count(b'"params"') != params_sent or \
+        body.count(b'"ts"') != stamps_sent
 
 
 def _looks_suspect(classes: bytes) -> bool:
@@ -277,8 +284,9 @@ def _looks_suspect(classes: bytes) -> bool:
 def _suspect(data: msgspec.Raw | bytes) -> bool:
     """Whether one params' bytes may hold JSON that orjson reads differently or refuses.
 
-    A `\\u` escape (orjson refuses lone surrogates), a raw line break (it would split the
-    NDJSON line), or a number that might overflow a double.
+    A raw line break (it would split the NDJSON line) or a number that might overflow a
+    double; and a `\\u` escape (orjson refuses lone surrogates), although a body with a
+    backslash never gets this far (`_hides_values`).
     """
     raw = bytes(data)
     if raw.find(b"\\u") >= 0 or raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
