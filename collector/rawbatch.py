@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import repeat
 from operator import attrgetter, is_
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -114,6 +114,35 @@ class RawBatch(NamedTuple):
     int_stamps: bool
 
 
+class One(NamedTuple):
+    """`encode_one`'s event: its line and id, and what the Redis counters need of it."""
+
+    line: bytes
+    id: int
+    event_type: str
+    ts: int | float
+    params: bytes
+
+
+def user_reader(key: str) -> Callable[[msgspec.Raw | bytes], Any]:
+    """A function giving `params[key]` (None if absent) of a params' JSON, as orjson reads it.
+
+    For the Redis counters, which count unique users by `params.user_id`: msgspec decodes the
+    one field and skims the rest. orjson reads an integer outside 64 bits as a float, msgspec as
+    an int; the counters classify users by type, so that is mended here.
+    """
+    decode_user = msgspec.json.Decoder(
+        msgspec.defstruct("_User", [("user", Any, None)], rename={"user": key})).decode
+
+    def user_of(params: msgspec.Raw | bytes) -> Any:
+        user = decode_user(params).user  # type: ignore[attr-defined]
+        if type(user) is int and not -(2**63) <= user < 2**64:
+            return float(user)
+        return user
+
+    return user_of
+
+
 def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | None:
     """The batch of `body` if it is a plain JSON array of valid events, else None.
 
@@ -166,7 +195,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
 
 
 def encode_one(body: bytes, received_at: float, limits: EventLimits,
-               next_id: Callable[[], int]) -> tuple[bytes, int] | None:
+               next_id: Callable[[], int]) -> One | None:
     """The segment line of a body holding one plain event object, and its id; else None.
 
     The single-event request is the most common one, and every call here is a fixed cost
@@ -211,8 +240,9 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     if classes[-1:] != b"}" or classes.count(b"{") > limits.max_depth:
         return None  # not an object, or maybe too deep (see _checked_params)
     snowflake = next_id()
-    return b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
-        snowflake, dumps(event_type), ts_json, params, dumps(ra)), snowflake
+    return One(b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
+        snowflake, dumps(event_type), ts_json, params, dumps(ra)), snowflake, event_type,
+        ra if ts is None or ts is msgspec.UNSET else ts, params)
 
 
 def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int

@@ -161,6 +161,13 @@ class StatsCounters:
         self._types.extend(map(_get_type, events))
         self._users.extend(map(dict.get, map(_get_params, events), repeat(self._user_key)))
 
+    def add_columns(self, types: list[str], stamps: list[int | float], users: list[Any]) -> None:
+        """`add` for events given as columns (the fast path of collector/rawbatch.py, which
+        has no event dicts): each event's type, ts and `params[user_key]` (None if absent)."""
+        self._types += types
+        self._ts += stamps
+        self._users += users
+
     def _gather(self) -> None:
         """Count the columns filled by `add` into `_counts`, `_bits` and `_hll`.
 
