@@ -124,20 +124,28 @@ class One(NamedTuple):
     params: bytes
 
 
+_new_one = tuple.__new__
+"""`One(...)` without the Python-level `__new__` a NamedTuple has (a frame per event)."""
+
+
 def user_reader(key: str) -> Callable[[msgspec.Raw | bytes], Any]:
     """A function giving `params[key]` (None if absent) of a params' JSON, as orjson reads it.
 
     For the Redis counters, which count unique users by `params.user_id`: msgspec decodes the
     one field and skims the rest. orjson reads an integer outside 64 bits as a float, msgspec as
-    an int; the counters classify users by type, so that is mended here.
+    an int; the counters classify users by type, so that is mended here (and a user that is an
+    array or an object, which could hold such integers, is read by orjson).
     """
     decode_user = msgspec.json.Decoder(
         msgspec.defstruct("_User", [("user", Any, None)], rename={"user": key})).decode
 
     def user_of(params: msgspec.Raw | bytes) -> Any:
         user = decode_user(params).user  # type: ignore[attr-defined]
-        if type(user) is int and not -(2**63) <= user < 2**64:
+        kind = type(user)
+        if kind is int and not -(2**63) <= user < 2**64:
             return float(user)
+        if kind is list or kind is dict:  # (rare) it may hold such integers itself
+            return orjson.loads(bytes(params)).get(key)
         return user
 
     return user_of
@@ -240,9 +248,10 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     if classes[-1:] != b"}" or classes.count(b"{") > limits.max_depth:
         return None  # not an object, or maybe too deep (see _checked_params)
     snowflake = next_id()
-    return One(b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
-        snowflake, dumps(event_type), ts_json, params, dumps(ra)), snowflake, event_type,
-        ra if ts is None or ts is msgspec.UNSET else ts, params)
+    return _new_one(One, (
+        b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
+            snowflake, dumps(event_type), ts_json, params, dumps(ra)),
+        snowflake, event_type, ra if ts is None or ts is msgspec.UNSET else ts, params))
 
 
 def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
