@@ -28,9 +28,9 @@ both on generated bodies):
   double's range such as `1e400` (a params whose digits look like one is re-serialized by
   orjson, which then accepts it or says no for the whole body). A raw line break between the
   tokens of a params would split the NDJSON line: such a params is re-serialized too.
-* A field given twice: msgspec keeps the last value, as orjson does, but never checks the
-  earlier ones, so a body with more `"params"` or `"ts"` keys than values goes to the slow path
-  (`_hides_values`).
+* A field given twice: msgspec keeps the last value, as orjson does, but only skims an
+  earlier params, so a body with more `"params"` keys than params goes to the slow path
+  (`_hides_values`); an earlier ts is decoded, and msgspec refuses one too large (`_Int64`).
 * Depth: params may nest at most `max_depth` deep. Each container opens with one `{` or `[`,
   so a params' brackets bound its depth; they are counted per group of params, and per params
   only when the group's count leaves room for doubt.
@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import repeat
 from operator import attrgetter, is_
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import orjson
@@ -61,11 +61,17 @@ MIN_EVENTS = 8
 _NO_PARAMS = msgspec.Raw(b"{}")
 
 
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An int ts: any larger one is refused by msgspec while decoding, even a value that a repeated
+`ts` then replaces (orjson, parsing the whole body in the slow path, refuses an integer past a
+double's range: such a body must not pass here)."""
+
+
 class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One batch event as msgspec decodes it. gc=False: it holds no containers, so no cycles."""
 
     event_type: str
-    ts: int | float | None | msgspec.UnsetType = msgspec.UNSET
+    ts: _Int64 | float | None = None
     params: msgspec.Raw = _NO_PARAMS
 
 
@@ -176,10 +182,9 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
     stamps = list(map(_get_ts, events))
-    stamps_sent = count - stamps.count(msgspec.UNSET)
     kinds = set(map(type, stamps))
-    if not kinds <= _NUMBERS:
-        stamps = [ts if type(ts) in _NUMBERS else ra for ts in stamps]  # absent or null
+    if type(None) in kinds:
+        stamps = [ra if ts is None else ts for ts in stamps]  # absent or null
         kinds = set(map(type, stamps))
     int_stamps = kinds == _ONLY_INT
     if int_stamps:
@@ -188,8 +193,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     elif not kinds <= _NUMBERS or min(stamps) < 0 or max(stamps) > upper:
         return None  # (JSON has no NaN, so min and max are exact here.)
     params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
-    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True),
-                     stamps_sent):
+    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
         return None
     if not body.isascii():
         try:
@@ -221,7 +225,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         return None
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
-    if ts is None or ts is msgspec.UNSET:
+    if ts is None:
         ts_json = dumps(ra)
     else:
         upper = ra + limits.max_future_skew  # schema._upper_ts, inlined
@@ -230,7 +234,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         if ts < 0 or ts > upper:
             return None
         ts_json = b"%d" % ts if type(ts) is int else dumps(ts)
-    if _hides_values(body, event.params is not _NO_PARAMS, event.ts is not msgspec.UNSET):
+    if _hides_values(body, event.params is not _NO_PARAMS):
         return None
     if not body.isascii():
         try:
@@ -251,7 +255,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     return _new_one(One, (
         b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
             snowflake, dumps(event_type), ts_json, params, dumps(ra)),
-        snowflake, event_type, ra if ts is None or ts is msgspec.UNSET else ts, params))
+        snowflake, event_type, ra if ts is None else ts, params))
 
 
 def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
@@ -297,20 +301,18 @@ def _reserialized(params: list[msgspec.Raw | bytes]) -> list[msgspec.Raw | bytes
         return None
 
 
-def _hides_values(body: bytes, params_sent: int, stamps_sent: int) -> bool:
-    """Whether `body` may hold JSON values that msgspec skimmed and no check here saw.
+def _hides_values(body: bytes, params_sent: int) -> bool:
+    """Whether `body` may hold a params value that msgspec skimmed and no check here saw.
 
-    A field given twice: msgspec keeps the last value, as orjson does, but the earlier ones are
-    only skimmed (a params) or type-checked (a ts, which may then be an integer too large for a
-    double), and orjson, parsing the whole body in the slow path, may refuse them: e.g.
-    `"params": 1e400, "params": {}`. Every such key is found by its text unless it is spelled
-    with an escape, so a body with a backslash anywhere goes to the slow path; then a
-    `"params"` or a `"ts"` more than the values decoded is a repeated key (or the word quoted
-    inside a params: a harmless false alarm). A repeated `event_type` is decoded as a string,
-    which needs nothing more than the body's UTF-8 check.
+    A field given twice: msgspec keeps the last value, as orjson does, but only skims the
+    earlier params, and orjson, parsing the whole body in the slow path, may refuse them: e.g.
+    `"params": 1e400, "params": {}`. Every params key is found by its text unless it is
+    spelled with an escape, so a body with a backslash anywhere goes to the slow path; then a
+    `"params"` more than the params decoded is a repeated key (or the word quoted inside a
+    params: a harmless false alarm). Repeated `event_type` and `ts` values are decoded and
+    checked by msgspec itself (a string; a number within `_Int64` or a finite float).
     """
-    return body.find(b"\\") >= 0 or body.count(b'"params"') != params_sent or \
-        body.count(b'"ts"') != stamps_sent
+    return body.find(b"\\") >= 0 or body.count(b'"params"') != params_sent
 
 
 def _looks_suspect(classes: bytes) -> bool:
