@@ -3,20 +3,20 @@
 1. Loading: N events in segment files (2 streams, 64 MiB-ish segments scaled down) are loaded
    into a fresh SQLite store by the loader daemon, pinned to one core, in its two steps timed
    apart: the load (`LoaderDaemon.load_once`: read, parse, insert, daily_stats, the analytics
-   queue and positions in one transaction per batch), then the analytics pass that folds the
-   queue into the per-user-hour tables (`LoaderDaemon.summarize`; `run_once` runs both). Two
-   figures: the load rate (what a backlog loads at, the analytics trailing) and the rate with
-   the pass included (events loaded AND summarized per CPU-second: what the loader sustains
-   when both keep up). Printed next to references on the same rows, core and pragmas: the
-   loader without the analytics tables (what they cost), a plain `executemany` of pre-built
-   tuples into the same
-   schema (one transaction per batch, nothing else), the same without secondary indexes, and
-   orjson parsing alone. `--runs N` repeats the loaders and the plain reference N times, each
-   into a fresh store, and prints the medians and the ratio of the loader's rate to the
-   reference's: on a shared machine the ratio is steadier than either figure. CPU time (user +
-   system of this process) is the figure to read there; wall time also counts waiting for the
-   core. The analytics tables cost grows with the users active per hour (`--users`; the
-   default, 100,000 users drawn at random, makes nearly every event a new user-hour).
+   queue's row of id ranges and positions in one transaction per batch), then the analytics
+   pass that folds the queue into the per-user-hour tables (`LoaderDaemon.summarize`;
+   `run_once` runs both). Two figures: the load rate (what a backlog loads at, the analytics
+   trailing) and the rate with the pass included (events loaded AND summarized per
+   CPU-second: what the loader sustains when both keep up). Printed next to references on the
+   same rows, core and pragmas: the loader without the analytics tables (what they cost), a
+   plain `executemany` of pre-built tuples into the same schema (one transaction per batch,
+   nothing else), the same without secondary indexes, and orjson parsing alone. `--runs N`
+   repeats the loaders and the plain reference N times, each into a fresh store, and prints
+   the medians and the ratio of the loader's rate to the reference's: on a shared machine the
+   ratio is steadier than either figure. CPU time (user + system of this process) is the
+   figure to read there; wall time also counts waiting for the core. The analytics tables
+   cost grows with the users active per hour (`--users`; the default, 100,000 users drawn at
+   random, makes nearly every event a new user-hour).
 2. Query: a store of M events (built fast: rows first, indexes after) is queried the way
    `POST /api/events/query` does for one event type and one UTC day; p50/p90 of
    `store.query_events` and of the HTTP handler itself (body parsing, executor hop, JSON).
@@ -155,16 +155,16 @@ def load_once(cfg: Config, events: int, *, analytics_tables: bool = True) -> tup
     they cost, not a configuration of the product."""
     store = SQLiteStore(cfg.sqlite_file, user_key=cfg.stats.user_key)
     daemon = LoaderDaemon(cfg, store, SystemClock())
-    real = userhours.enqueue
+    real = userhours.enqueue, userhours.enqueue_ids
     if not analytics_tables:
-        userhours.enqueue = lambda con, ids, min_ts: None
+        userhours.enqueue = userhours.enqueue_ids = lambda con, ids, min_ts: None
     try:
         with Timer() as load:
             loaded = daemon.load_once()
         with Timer() as summarize:
             daemon.summarize()
     finally:
-        userhours.enqueue = real
+        userhours.enqueue, userhours.enqueue_ids = real
     assert loaded == events == store.count(), (loaded, store.count())
     con = store._writer
     assert con is not None and userhours.pending_since(con) is None

@@ -19,7 +19,8 @@ What.
                                 lie inside one user-hour (a pair across hours joins a row's last
                                 event to the user's next row's first: readers pair those)
     analytics_meta              ('user_hours', SCHEMA_VERSION) once the tables cover the store
-    analytics_queue(seq)        min_ts, ids: loaded batches waiting for the analytics pass
+    analytics_queue(seq)        min_ts, ids, ranges: loaded batches waiting for the analytics
+                                pass ("Queue rows" below)
 
 Exactness. Readers use whole hours from the summaries and the events of the partial hours at
 the edges of a range, so every answer is exact for any [from, to]. Local days are exact for
@@ -31,9 +32,9 @@ folding an event in costs several times what inserting it does (one summary row 
 (hour, user), the event inserted again into user_hour_events), and loading at 100,000 events/s
 on one core (issue 4) left no room for that. So:
     ensure_tables(con)      at open: create, and backfill from the events once
-    enqueue(con, ids, ...)  in each load transaction: one analytics_queue row naming the ids
-                            the batch inserted (a JSON array, ~20 bytes per event) and the
-                            smallest ts among them
+    enqueue(con, ids, ...)  in each load transaction: one analytics_queue row naming the events
+                            the batch inserted (a few id ranges, "Queue rows") and the smallest
+                            ts among them
     apply_pending(con)      the analytics pass (the loader runs it when idle, and at least every
                             few seconds of a long backlog): folds queued batches into the tables
                             and deletes them from the queue, in one transaction
@@ -44,6 +45,37 @@ it; every queued event has ts >= pending_since(con), so readers answer whole hou
 from the tables and everything from there on from the events table (loader/analytics/
 sqlite.py), which is exact whatever the pass's lag, and costs the reader a scan of the hours
 the pass has not reached (live traffic: the current hour).
+
+Queue rows. A batch whose events were all new (the store's common case) is queued as id
+ranges, one per stream: `ranges` is the JSON [[lo, hi], ...] of the smallest and the largest id
+the batch inserted with each (datacenter, worker) bits, `(id >> 12) & 1023` (SPEC §4), and
+`ids` is ''. A range names every event of lo's stream with lo <= id <= hi, read back by the
+pass with one range scan of the events table's primary key: ~40 bytes per stream and batch
+instead of the ~20 bytes per event of a list of ids, which the load wrote into the WAL and the
+checkpoint copied again (5-12% of the load's CPU time, bench/loader.py). A batch of which some
+rows were already stored (a replay, a client retry of an event_id) lists the ids it inserted
+instead (enqueue_ids: `ids` a JSON array, `ranges` NULL; rows written before ranges existed
+look the same): its ranges would span the rows it skipped, which the pass would read again.
+
+Why ranges are exact. Nothing is missed: every id a batch inserted lies in its stream's
+range, events are never deleted, and the pass reads each range when it runs, after the
+batch's commit. Nothing is counted twice, even where a range names more events than its
+batch inserted: the pass folds the union of what its queue rows name (one entry per id), and
+apply_batch skips an event that user_hour_events already holds (folded by an earlier pass
+through another row), so each event is counted once whichever rows name it. Normally a range
+names nothing more: a stream's lines come from one worker's files, in increasing id order,
+and each batch continues its streams where the last one stopped, so the ranges of one stream
+are disjoint and lie above every id of that stream loaded before. Only ids loaded out of
+their stream's order (minted by a worker restarted with its clock stepped back) or given to
+insert_batch by a caller can fall inside an older range of their stream, and then the rule
+above keeps the count exact. Ranges are per stream because ids of different streams
+interleave in value (workers mint in the same milliseconds): a range over all of a batch's
+ids would name the other streams' events of the same moments, and one of a stream that loads
+slower than another would be named again by every batch of the faster one. An event folded
+early, through another batch's range, leaves readers exact too: its own row stays queued
+until a pass consumes it, so its hour is still read from the events table (pending_since).
+Versions before ranges fail on a range row (json_each of '') instead of skipping its events:
+their pass is retried and their readers stay exact, answering from the events table.
 
 apply_batch(con, rows) folds events into the tables. Per touched (hour, user): one small
 summary row is rewritten and the new events are inserted. An event that arrives after the
@@ -57,6 +89,7 @@ from __future__ import annotations
 import functools
 import math
 import sqlite3
+import struct
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -108,10 +141,16 @@ QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS analytics_queue (
   seq INTEGER PRIMARY KEY,
   min_ts REAL NOT NULL,
-  ids TEXT NOT NULL
+  ids TEXT NOT NULL,
+  ranges TEXT
 )"""
-"""Batches loaded but not yet folded into the tables: `ids` is a JSON array of the event ids a
-batch inserted, `min_ts` the smallest ts among them (readers' coverage, see pending_since)."""
+"""Batches loaded but not yet folded into the tables: `ranges` a JSON array of per-stream id
+ranges [lo, hi] and `ids` '', or `ids` a JSON array of the event ids a batch inserted and
+`ranges` NULL (module docstring, "Queue rows"); `min_ts` the smallest ts among the events the
+batch inserted (readers' coverage, see pending_since). A queue from before ranges gets the
+column at open (ensure_tables)."""
+STREAM_MASK = 0x3FF
+"""(datacenter, worker) bits of a Snowflake, after a shift by 12: the id's stream."""
 QUEUE_BATCHES_PER_PASS = 40
 """Queued batches folded per apply_pending transaction (with the default loader.batch_size,
 200,000 events): big enough that the per-statement costs vanish, small enough that one
@@ -382,11 +421,21 @@ def apply_batch(con: sqlite3.Connection,
                     [(h, a, b, n) for (h, a, b), n in flow_delta.items() if n])
 
 
-def enqueue(con: sqlite3.Connection, ids: list[Any], min_ts: float) -> None:
-    """Queue the events a load batch inserted for the analytics pass; inside the batch's
-    transaction. `ids` are decimal strings (as the segment lines carry them) or ints; events
-    without a user are queued too (the pass skips them), which saves a per-event test here,
-    on the loader's hot path, and only widens the readers' uncovered range a little.
+def enqueue(con: sqlite3.Connection, ids: list[int], min_ts: float) -> None:
+    """Queue the events a load batch inserted, every one of its rows new, for the analytics
+    pass: one analytics_queue row of their id ranges, one per stream (id_ranges; module
+    docstring, "Queue rows"). Inside the batch's transaction. `ids` are ints; events without
+    a user are queued too (the pass skips them), which saves a per-event test here, on the
+    loader's hot path, and only widens the readers' uncovered range a little."""
+    if not ids:
+        return
+    con.execute("INSERT INTO analytics_queue (min_ts, ids, ranges) VALUES (?, '', ?)",
+                (min_ts, orjson.dumps(id_ranges(ids)).decode()))
+
+
+def enqueue_ids(con: sqlite3.Connection, ids: list[Any], min_ts: float) -> None:
+    """Queue the events a load batch inserted as the list of their ids: for a batch of which
+    some rows were already stored (a replay, a known event_id), whose ranges would span them.
 
     The ids are joined as they are (one C call); only a batch with int ids, or with digit
     strings that are not JSON numbers (leading zeros: "007" loads as 7), is normalized."""
@@ -399,6 +448,41 @@ def enqueue(con: sqlite3.Connection, ids: list[Any], min_ts: float) -> None:
     if not text or text.startswith("0") or ",0" in text:
         text = ",".join([str(int(i)) for i in ids])
     con.execute("INSERT INTO analytics_queue (min_ts, ids) VALUES (?, ?)", (min_ts, f"[{text}]"))
+
+
+_STREAM_LOW = bytes(b >> 4 for b in range(256))
+"""Byte 1 of a little-endian int64 (id bits 8-15) -> stream bits 0-3 (id bits 12-15)."""
+_STREAM_HIGH = bytes(b & 0x3F for b in range(256))
+"""Byte 2 (id bits 16-23) -> stream bits 4-9 (id bits 16-21)."""
+
+
+def id_ranges(ids: list[int]) -> list[list[int]]:
+    """[lo, hi] per stream of `ids` (int64s): the smallest and the largest id with each
+    (datacenter, worker) bits, `(id >> 12) & 1023`, in stream order.
+
+    This runs for every batch the loader writes, so the ids' streams are found without a
+    Python operation per id: a sorted copy (one comparison per id: the store's plain events
+    come sorted) packed by struct as little-endian int64s, whose bytes 1 and 2 hold the stream
+    bits. When all ids agree on the upper six stream bits (one datacenter, workers 0-15 or
+    16-31: the usual case) the lower four tell the streams apart, one byte per id, and each
+    stream's first and last position in the sorted ids are a find and an rfind (memchr).
+    Otherwise a loop groups them. (Negative ids, which only insert_batch could be given, pack
+    as two's complement: the bits SQLite's `(id >> 12) & 1023` takes too.)
+    """
+    if not ids:
+        return []
+    ints = sorted(ids)
+    n = len(ints)
+    raw = struct.pack(f"<{n}q", *ints)
+    high = raw[2::8].translate(_STREAM_HIGH)
+    if high.count(high[0]) == n:
+        low = raw[1::8].translate(_STREAM_LOW)
+        return [[ints[low.find(v)], ints[low.rfind(v)]] for v in range(16) if v in low]
+    ranges: dict[int, list[int]] = {}
+    for i in ints:
+        r = ranges.setdefault((i >> 12) & STREAM_MASK, [i, i])
+        r[1] = i
+    return [ranges[k] for k in sorted(ranges)]
 
 
 def pending_since(con: sqlite3.Connection) -> float | None:
@@ -416,24 +500,33 @@ def apply_pending(con: sqlite3.Connection, max_batches: int = QUEUE_BATCHES_PER_
     them from the queue, in one IMMEDIATE transaction (call outside any). Returns how many
     queue rows it consumed (0: nothing was pending).
 
-    The events are read back by id from the events table (a JSON array joined in SQL: one
-    rowid seek per event, pages the load has just written). An event the table no longer
-    holds cannot occur (events are never deleted); apply_batch ignores events it already
-    holds, so even a pass repeated over the same queue rows would change nothing.
+    The events are read back from the events table: a range as one scan of the primary key
+    between its bounds, keeping its stream's rows; a list of ids joined in SQL (json_each:
+    one rowid seek per event). Pages the load has just written, in both cases. The rows are
+    gathered by id, so an event that two queue rows name is folded once; one that an earlier
+    pass folded is skipped by apply_batch (module docstring, "Why ranges are exact"). An
+    event the table no longer holds cannot occur (events are never deleted).
     """
     con.execute("BEGIN IMMEDIATE")
     try:
-        queued = con.execute("SELECT seq, ids FROM analytics_queue ORDER BY seq LIMIT ?",
-                             (max_batches,)).fetchall()
+        queued = con.execute("SELECT seq, ids, ranges FROM analytics_queue ORDER BY seq "
+                             "LIMIT ?", (max_batches,)).fetchall()
         if not queued:
             con.execute("COMMIT")
             return 0
-        rows: list[tuple[int, str, float, str]] = []
-        for _, ids in queued:
-            rows += con.execute(
-                "SELECT e.id, e.event_type, e.ts, e.user_id FROM json_each(?) AS j "
-                "JOIN events AS e ON e.id = j.value WHERE e.user_id IS NOT NULL", (ids,))
-        apply_batch(con, rows)
+        rows: dict[int, tuple[int, str, float, str]] = {}
+        for _, ids, ranges in queued:
+            if ranges is not None:
+                for lo, hi in orjson.loads(ranges):
+                    rows.update((r[0], r) for r in con.execute(
+                        "SELECT id, event_type, ts, user_id FROM events WHERE id BETWEEN ? "
+                        "AND ? AND (id >> 12) & ? = ? AND user_id IS NOT NULL",
+                        (lo, hi, STREAM_MASK, (lo >> 12) & STREAM_MASK)))
+            if ids:
+                rows.update((r[0], r) for r in con.execute(
+                    "SELECT e.id, e.event_type, e.ts, e.user_id FROM json_each(?) AS j "
+                    "JOIN events AS e ON e.id = j.value WHERE e.user_id IS NOT NULL", (ids,)))
+        apply_batch(con, rows.values())
         con.execute("DELETE FROM analytics_queue WHERE seq <= ?", (queued[-1][0],))
         con.execute("COMMIT")
     except BaseException:
@@ -462,6 +555,9 @@ def ensure_tables(con: sqlite3.Connection) -> int:
     of events folded in (0 when the tables were already complete).
     """
     con.execute(QUEUE_SCHEMA)
+    if "ranges" not in {c[1] for c in con.execute("PRAGMA table_info(analytics_queue)")}:
+        # A queue from before ranges: its rows are lists of ids, which the pass still reads.
+        con.execute("ALTER TABLE analytics_queue ADD COLUMN ranges TEXT")
     if ready(con):
         return 0
     con.execute("BEGIN IMMEDIATE")

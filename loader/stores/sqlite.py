@@ -3,8 +3,10 @@
 Writer. One connection, used by the loader's thread only. Each batch (`insert_parsed`, or
 `insert_batch` for events already parsed) is one IMMEDIATE transaction: the batch's rows
 (INSERT OR IGNORE), an UPSERT of its (day, event_type) counts into daily_stats, one
-analytics_queue row naming the ids it inserted, the loader's positions when it passes them,
-then COMMIT: the rows, the counts, the queue and the position after them can never disagree.
+analytics_queue row naming the events it inserted (an id range per stream, or the list of their
+ids when some rows of the batch were stored already: userhours, "Queue rows"), the loader's
+positions when it passes them, then COMMIT: the rows, the counts, the queue and the position
+after them can never disagree.
 The per-user-hour analytics tables (loader/analytics/userhours.py) are folded from that queue
 by a separate pass (`summarize_pending`, run by the loader daemon behind the load) in
 transactions of their own; readers stay exact meanwhile (userhours, "Coverage"). To count only
@@ -32,10 +34,13 @@ per-event cost was measured in instructions (callgrind) to choose:
   column's TEXT affinity stores it as the same decimal text, and binding an int instead of a
   new string saved about 1,500 instructions per event (Python's str() of the int, and the
   copy SQLite makes of every bound string). Users outside that range go through user_text.
-- The Snowflake id is bound as the decimal string of the segment line: the INTEGER PRIMARY KEY
-  column converts it exactly (a string that is not an integer in the int64 range would fail
-  the statement with "datatype mismatch"; _split and daemon.is_event check ids first), which
-  is cheaper than Python's int() of 19 digits.
+- A plain event's Snowflake id is bound as an int, parsed from the decimal strings of the
+  whole batch by one orjson call (_plain_ids, ~500 instructions per id; int() of each costs
+  ~1,500): SQLite's conversion of a bound string under the INTEGER PRIMARY KEY's affinity,
+  and the copy of it, cost ~1,000 instructions per event more than an int, and the analytics
+  queue's id ranges need the ints anyway. Other events' ids are bound as they come (a string
+  that is not an integer in the int64 range would fail the statement with "datatype
+  mismatch"; daemon.is_event checks ids first).
 - The plain events of a batch are inserted in id order (insert_parsed).
 - The lines of a batch are parsed by one orjson call (daemon.parse_json).
 
@@ -46,11 +51,16 @@ Measured and not kept (callgrind instructions, and CPU time interleaved batch by
   slice / decode maps cost about 1.3 µs per event, dumps + decode 0.2-0.3 µs.
 - _split as column-wise C loops (map, set, min/max over the batch): 0.5% fewer instructions
   but 0.1 µs per event slower, each column pass walking the batch's objects out of cache.
-- Ids bound as int (map(int)): 1,400 more instructions per event, of which turning them back
-  into strings for the analytics queue is at most a third. 10 or 20 rows per statement
-  instead of 50: 1,000 and 300 more.
+- Ids made ints by map(int): ~1,500 instructions per id, more than binding them as ints saves.
+  10 or 20 rows per statement instead of 50: 1,000 and 300 more.
+- The analytics queue as a JSON list of the batch's ids (~20 bytes per event): its 100 KB per
+  batch went through the WAL and the checkpoint, and the load with it ran 5-12% slower than
+  without a queue (CPU time, interleaved runs; ~400 instructions per event). Its id ranges
+  (userhours.id_ranges, ~600 instructions per event) left no difference that runs could tell.
 - 16 KiB pages: 0.25 µs per event less system time in commits (fewer WAL writes), no clear
-  change in user time, and only for new files.
+  change in user time, and only for new files (measured again with the id ranges: the same).
+- Not possible from Python: a connection without SQLite's mutexes (~900 instructions per
+  event, taken by every bind and allocation); sqlite3.connect has no SQLITE_OPEN_NOMUTEX.
 
 Durability. `synchronous=NORMAL`: a commit is not fsynced, so a power loss may take back the
 last commits; the WAL is fsynced at each checkpoint. That is safe because the loader's position
@@ -94,7 +104,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from itertools import chain, repeat
+from itertools import repeat
 from operator import floordiv, itemgetter
 from pathlib import Path
 from typing import Any
@@ -149,6 +159,7 @@ per statement costs ~6,000 more instructions per event than 50; 200 is no better
 
 _MAX_ID = "9223372036854775807"
 _INT64 = 1 << 63
+_MIN_INT64 = -_INT64
 _PLAIN_WIDTH = 6
 _FULL_WIDTH = 8
 _NO_USER = 0.5
@@ -257,7 +268,7 @@ class SQLiteStore:
         a third of the loader's time: a few type checks, no function call but the params'
         JSON text, and a row of six values (bound to a statement that writes NULL for the two
         absent columns). Its id's digits and its ts's range are checked for the whole batch at
-        once (_plain_ok); when that fails, the caller asks again with `plain_ok=False`.
+        once (_plain_ids); when that fails, the caller asks again with `plain_ok=False`.
 
         Every other object goes through `is_event` (None: trusted, as insert_batch's events
         are) and becomes a row of eight values.
@@ -285,7 +296,7 @@ class SQLiteStore:
                             and (type(received_at) is float or _is_int64(received_at))):
                         user = params.get(key)
                         if type(user) is not str and not (
-                                type(user) is int and -_INT64 <= user < _INT64):
+                                type(user) is int and _MIN_INT64 <= user < _INT64):
                             user = _NO_USER if user is None else user_text(user)
                         add_plain((i, event_type, ts, dumps(params).decode(), received_at, user))
                         continue
@@ -343,24 +354,30 @@ class SQLiteStore:
         con = self._writer_or_raise("insert")
         plain, full, bad = self._split(objects, is_event)
         plain.sort(key=_FIRST)
-        flat = list(chain.from_iterable(plain))
-        if flat and not _plain_ok(flat):
+        flat = _flatten(plain)
+        checked = _plain_ids(flat) if flat else ([], MAX_TS, 0.0)
+        if checked is None:
             plain, full, bad = self._split(objects, is_event, plain_ok=False)
-            flat = []
-        ids: list[Any] = flat[0::_PLAIN_WIDTH]
-        ids += [row[0] for row in full]
+            flat, checked = [], ([], MAX_TS, 0.0)
+        plain_ids, first_ts, last_ts = checked
+        flat[0::_PLAIN_WIDTH] = plain_ids  # bound as integers (module docstring)
+        ids: list[Any] = plain_ids + [row[0] for row in full]
         if not ids and positions is None:
             return Committed(ids, 0, bad)
         con.execute("BEGIN IMMEDIATE")
         try:
             before = con.total_changes
             _insert(con, _PLAIN_ROW, _PLAIN_WIDTH, flat)
-            _insert(con, _FULL_ROW, _FULL_WIDTH, list(chain.from_iterable(full)))
+            _insert(con, _FULL_ROW, _FULL_WIDTH, _flatten(full))
             inserted = len(ids)
+            # The analytics tables follow in their own pass (userhours, "Maintenance").
             if con.total_changes - before == inserted:
-                counts = _counts(flat, full)
-                new_ids = ids
-                tss = flat[2::_PLAIN_WIDTH] + [row[2] for row in full]
+                counts = _counts(flat, full, first_ts, last_ts)
+                min_ts = min(first_ts, min(row[2] for row in full)) if full else first_ts
+                # Every row new: id ranges name exactly them.
+                queued: list[Any] = (plain_ids + _as_ints(ids[len(plain_ids):]) if full
+                                     else plain_ids)
+                enqueue = userhours.enqueue
             else:
                 con.execute("ROLLBACK")
                 con.execute("BEGIN IMMEDIATE")
@@ -368,14 +385,14 @@ class SQLiteStore:
                 rows = self._insert_one_by_one(con, rows)
                 inserted = len(rows)
                 counts = Counter((r[2] // DAY_SECONDS, r[1]) for r in rows)
-                new_ids = [r[0] for r in rows]
-                tss = [r[2] for r in rows]
+                queued = [r[0] for r in rows]
+                min_ts = min([r[2] for r in rows], default=0.0)
+                enqueue = userhours.enqueue_ids  # ranges would span the rows skipped
             if counts:
                 con.executemany(_UPSERT_DAILY, [(self._day_string(int(d)), t, n)
                                                 for (d, t), n in counts.items()])
-            if new_ids:
-                # The analytics tables follow in their own pass (userhours, "Maintenance").
-                userhours.enqueue(con, new_ids, min(tss))
+            if queued:
+                enqueue(con, queued, min_ts)
             if positions is not None:
                 _write_positions(con, positions)
             con.execute("COMMIT")
@@ -566,37 +583,73 @@ def _count_events(con: sqlite3.Connection, start: float | None, end: float | Non
 
 
 def _is_int64(x: Any) -> bool:
-    return type(x) is int and -_INT64 <= x < _INT64
+    return type(x) is int and _MIN_INT64 <= x < _INT64
 
 
-def _plain_ok(flat: list[Any]) -> bool:
-    """The checks of _split's first branch done for the whole batch at once, in C: every id (19
-    characters) is ASCII digits of an int64, every ts in [0, MAX_TS) (its day has a string).
-    str.isdigit would accept other scripts' digits (and walks a Unicode table per character);
-    bytes.isdigit does neither."""
+def _plain_ids(flat: list[Any]) -> tuple[list[int], float, float] | None:
+    """The plain rows' ids (flat values, sorted by id) as ints, and their smallest and largest
+    ts, after the checks of _split's first branch done for the whole batch at once, in C:
+    every id (19 characters) is ASCII digits of an int64, every ts in [0, MAX_TS) (its day has
+    a string); None when one fails. str.isdigit would accept other scripts' digits (and walks
+    a Unicode table per character); bytes.isdigit does neither.
+
+    The ids are joined by commas and parsed by one orjson call (~500 instructions per id;
+    int() of each costs ~1,500): binding ints instead of the decimal strings saves ~1,000
+    per event in the insert, and the analytics queue's ranges need them as ints anyway. The
+    ts bounds serve the checks, daily_stats (_counts) and the queue's min_ts: each min or max
+    walks the batch (~150 instructions per event)."""
     ids = flat[0::_PLAIN_WIDTH]
     try:
         digits = "".join(ids).encode("ascii")
     except UnicodeEncodeError:
-        return False
+        return None
     tss = flat[2::_PLAIN_WIDTH]
-    return (digits.isdigit() and max(ids) <= _MAX_ID
-            and min(tss) >= 0 and max(tss) < MAX_TS)
+    first_ts, last_ts = min(tss), max(tss)
+    # The rows are sorted by id, and 19-digit strings sort as their numbers: the last is the
+    # largest.
+    if not (digits.isdigit() and ids[-1] <= _MAX_ID and first_ts >= 0 and last_ts < MAX_TS):
+        return None
+    try:
+        parsed: list[int] = orjson.loads(f"[{','.join(ids)}]")
+    except orjson.JSONDecodeError:  # leading zeros ("0123..."): digits, but not JSON numbers
+        parsed = [int(i) for i in ids]
+    return parsed, first_ts, last_ts
 
 
-def _counts(flat: list[Any], full: list[FullRow]) -> Counts:
-    """Events per (day number, event type) of the rows: the plain ones (flat values) by
-    columns, in C; when they all fall on one UTC day (live traffic) only their types are
-    counted."""
-    tss = flat[2::_PLAIN_WIDTH]
+def _flatten(rows: list[Any]) -> list[Any]:
+    """The values of `rows` (tuples) in one list. A loop of list.extend, each copying a
+    whole tuple, costs ~400 instructions per row of six; list(chain.from_iterable(rows)),
+    one iterator step per value, ~650."""
+    flat: list[Any] = []
+    extend = flat.extend
+    for row in rows:
+        extend(row)
+    return flat
+
+
+def _as_ints(ids: list[Any]) -> list[int]:
+    """Ids (decimal strings of int64s, or ints) as ints: one orjson call when they are all
+    canonical decimal strings."""
+    try:
+        parsed: list[int] = orjson.loads(f"[{','.join(ids)}]")
+    except (TypeError, orjson.JSONDecodeError):  # ints among them, or leading zeros
+        return [int(i) for i in ids]
+    return parsed
+
+
+def _counts(flat: list[Any], full: list[FullRow], first_ts: float, last_ts: float) -> Counts:
+    """Events per (day number, event type) of the rows: the plain ones (flat values, their ts
+    within [first_ts, last_ts]) by columns, in C; when they all fall on one UTC day (live
+    traffic) only their types are counted."""
     types = flat[1::_PLAIN_WIDTH]
     counts: Counts = Counter()
-    if tss:
-        day = min(tss) // DAY_SECONDS
-        if day == max(tss) // DAY_SECONDS:
+    if types:
+        day = first_ts // DAY_SECONDS
+        if day == last_ts // DAY_SECONDS:
             counts.update({(day, t): n for t, n in Counter(types).items()})
         else:
-            counts.update(zip(map(floordiv, tss, repeat(DAY_SECONDS)), types, strict=True))
+            counts.update(zip(map(floordiv, flat[2::_PLAIN_WIDTH], repeat(DAY_SECONDS)), types,
+                              strict=True))
     counts.update((row[2] // DAY_SECONDS, row[1]) for row in full)
     return counts
 
