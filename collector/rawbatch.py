@@ -146,7 +146,10 @@ def user_reader(key: str) -> Callable[[msgspec.Raw | bytes], Any]:
         msgspec.defstruct("_User", [("user", Any, None)], rename={"user": key})).decode
 
     def user_of(params: msgspec.Raw | bytes) -> Any:
-        user = decode_user(params).user  # type: ignore[attr-defined]
+        try:
+            user = decode_user(params).user  # type: ignore[attr-defined]
+        except msgspec.MsgspecError:  # (not expected: the params passed msgspec already)
+            return orjson.loads(bytes(params)).get(key)
         kind = type(user)
         if kind is int and not -(2**63) <= user < 2**64:
             return float(user)

@@ -6,6 +6,11 @@ a Deferred; the writer appends the requests of one loop iteration together and c
 only then come the 202 and the in-memory processors (Redis counters). Nothing is handed to a
 processor before the segment write is acknowledged, so counts never include an event the client
 was told failed.
+
+The common bodies first try collector/rawbatch.py, which does parse, validate and encode with
+msgspec without building params objects, and answers None whenever the slow path's rules must
+decide (then nothing of its work is used). It is taken only when no processor needs event dicts:
+the Redis counters take columns (`StatsCounters.add_columns`) with the user read by msgspec.
 """
 
 from __future__ import annotations
