@@ -47,6 +47,8 @@ import msgspec
 import orjson
 
 from collector.schema import (
+    _NUMBERS,
+    _ONLY_INT,
     MAX_EVENT_TYPE_CHARS,
     MS_THRESHOLD,
     EventLimits,
@@ -81,8 +83,6 @@ dumps = orjson.dumps
 _get_type = attrgetter("event_type")
 _get_ts = attrgetter("ts")
 _get_params = attrgetter("params")
-_ONLY_INT = {int}
-_NUMBERS = frozenset((int, float))
 _INT_TS = b'%d,"params":'
 """A ts written as an int, and what follows it in the line."""
 
@@ -97,8 +97,8 @@ joined together (JSON text never holds one) becomes a newline, and every other b
 (searches then skip through it quickly)."""
 _SEPARATOR = b"\x00"
 _SUSPECT = b"!"
-"""A backslash (maybe a `\\u` escape: orjson refuses lone surrogates) or a raw line break (it
-would split the NDJSON line): the params is looked at closer (`_suspect`)."""
+"""A raw line break (it would split the NDJSON line; a backslash maps here too, though a body
+holding one never gets this far): the params is looked at closer (`_suspect`)."""
 _LONG_DIGITS = b"0" * 200
 """A run of digits this long might be an integer past a double's range (orjson refuses them)."""
 _DIGIT_EXPONENT = b"0e"
@@ -178,10 +178,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     types = list(map(_get_type, events))
     if list(map(str.strip, types)) != types:
         return None
-    for event_type in set(types):
-        if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or \
-                not event_type.isprintable():
-            return None
+    if not all(map(_plain_type, set(types))):
+        return None
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
     stamps = list(map(_get_ts, events))
@@ -198,11 +196,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
     if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
         return None
-    if not body.isascii():
-        try:
-            body.decode()  # msgspec does not check the strings it skips
-        except UnicodeDecodeError:
-            return None
+    if not body.isascii() and not _utf8(body):
+        return None
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
         return None
@@ -223,8 +218,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
         return None
     event_type = event.event_type
-    if event_type.strip() != event_type or not event_type or \
-            len(event_type) > MAX_EVENT_TYPE_CHARS or not event_type.isprintable():
+    if event_type.strip() != event_type or not _plain_type(event_type):
         return None
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
@@ -239,11 +233,8 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         ts_json = b"%d" % ts if type(ts) is int else dumps(ts)
     if _hides_values(body, event.params is not _NO_PARAMS):
         return None
-    if not body.isascii():
-        try:
-            body.decode()
-        except UnicodeDecodeError:
-            return None
+    if not body.isascii() and not _utf8(body):
+        return None
     params = bytes(event.params)
     classes = params.translate(_CLASSES)
     if _looks_suspect(classes):
@@ -259,6 +250,24 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
             snowflake, dumps(event_type), ts_json, params, dumps(ra)),
         snowflake, event_type, ra if ts is None else ts, params))
+
+
+def _plain_type(event_type: str) -> bool:
+    """An event_type the slow path keeps as it is: 1-256 characters, printable (stricter than
+    its control-character rule; whatever this refuses, the slow path judges). Stripping is
+    checked by the caller, for a whole batch at once."""
+    return bool(event_type) and len(event_type) <= MAX_EVENT_TYPE_CHARS and \
+        event_type.isprintable()
+
+
+def _utf8(body: bytes) -> bool:
+    """Whether a non-ASCII body is valid UTF-8: msgspec does not check the strings it skips,
+    and orjson (the slow path, the loader) refuses invalid ones."""
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
@@ -329,11 +338,11 @@ def _suspect(data: msgspec.Raw | bytes) -> bool:
     """Whether one params' bytes may hold JSON that orjson reads differently or refuses.
 
     A raw line break (it would split the NDJSON line) or a number that might overflow a
-    double; and a `\\u` escape (orjson refuses lone surrogates), although a body with a
-    backslash never gets this far (`_hides_values`).
+    double. (No backslash gets this far: `_hides_values` sent such a body away, lone
+    surrogate escapes with it.)
     """
     raw = bytes(data)
-    if raw.find(b"\\u") >= 0 or raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
+    if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
         return True
     classes = raw.translate(_CLASSES)
     return classes.find(_DIGIT_EXPONENT) >= 0 or classes.find(_LONG_DIGITS) >= 0
