@@ -22,6 +22,7 @@ from collector.clock import Clock, SystemClock
 from collector.config import Config
 from collector.context import AppContext
 from collector.http import handlers
+from collector.http.listener import Listener
 from collector.http.parser import ParserLimits
 from collector.http.protocol import (
     ServerState,
@@ -79,7 +80,7 @@ class Worker:
 
     ctx: AppContext
     state: ServerState
-    server: asyncio.AbstractServer | None = None
+    server: Listener | None = None
     ticker: asyncio.Task[None] | None = None
     sweeper: asyncio.Task[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -234,11 +235,11 @@ async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socke
     worker = Worker(ctx=ctx, state=state)
     if sock is None:
         sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
-    worker.server = await loop.create_server(protocol_factory(state, loop), sock=sock,
-                                             backlog=4096)
-    for s in getattr(worker.server, "sockets", None) or []:
-        with contextlib.suppress(OSError):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):  # inherited by the accepted sockets
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Not loop.create_server: uvloop accepts one connection per loop turn (listener.py).
+    worker.server = Listener(loop, sock, protocol_factory(state, loop))
+    worker.server.start()
     worker.ticker = asyncio.create_task(_ticker(worker))
     worker.sweeper = asyncio.create_task(sweep_forever(state))
     return worker
