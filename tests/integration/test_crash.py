@@ -36,7 +36,11 @@ from tests.fixtures.server import ServerProcess
 
 Start = Callable[..., ServerProcess]
 
-CLIENTS = 6
+CLIENTS = 16
+"""Keep-alive connections. With two workers the kernel spreads connections over their
+listening sockets by a hash of each connection's addresses (SO_REUSEPORT), and the test
+asserts that both workers served: with 6 connections all of them landed on one worker in 1
+run of 32 (it happened in CI); with 16, 1 in 32,768."""
 LOAD_SECONDS = 1.5
 """How long the load runs before the kill (the kill lands mid-stream whatever the speed)."""
 
