@@ -13,8 +13,8 @@ own loop accepts up to its backlog per turn; this does the same on uvloop.
 or `per_turn` connections were taken, and hands each socket to the loop with
 `connect_accepted_socket`, which builds the same transport `create_server` would. Running out
 of file descriptors pauses accepting for a second (the connection stays queued in the kernel
-rather than being accepted and dropped), as asyncio does; any other accept error concerns one
-connection that is already gone.
+rather than being accepted and dropped), as asyncio does, and so does any error that is not
+about one connection (a client gone already is skipped): a failing accept never spins.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ PER_TURN = 128
 """Connections accepted at most per turn of the loop (asyncio takes up to its backlog, 100)."""
 
 PAUSE_SECONDS = 1.0
-"""How long accepting pauses when the process is out of file descriptors or memory."""
+"""How long accepting pauses after an accept error not about one connection (out of file
+descriptors or memory, typically)."""
 
-_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+"""accept() errors about the connection being accepted (gone already, or refused by a firewall
+rule): the next one may be fine."""
 
 
 class Listener:
@@ -62,7 +65,7 @@ class Listener:
 
     @property
     def paused(self) -> bool:
-        """Whether accepting is paused after running out of descriptors or memory."""
+        """Whether accepting is paused after an accept error (see PAUSE_SECONDS)."""
         return self._resume is not None
 
     def start(self) -> None:
@@ -88,10 +91,11 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in _RESOURCE_ERRORS:
-                    self._pause(e)
-                    return
-                continue  # ECONNABORTED and the like: that client is gone already
+                if e.errno in _ONE_CONNECTION:
+                    continue
+                # Out of descriptors or memory (or worse): retry after a pause, never spin.
+                self._pause(e)
+                return
             self.accepted += 1
             self._connect(conn)
 

@@ -206,6 +206,26 @@ def test_a_vanished_client_is_skipped(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", LOOPS)
+def test_an_unexpected_accept_error_pauses_instead_of_spinning(
+        kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        real = listening_socket()
+        flaky = FlakySocket(real, [errno.EINVAL] * 1000)
+        listener = Listener(loop, flaky, Echo)  # type: ignore[arg-type]
+        listener.start()
+        try:
+            with clients(real.getsockname()[1], 1):
+                listener._accept_ready()
+                assert len(flaky.errors) == 999  # one attempt, then the pause
+                assert listener.paused
+        finally:
+            await shut(loop, listener)
+
+    run(kind, body)
+    assert "pausing" in caplog.text
+
+
+@pytest.mark.parametrize("kind", LOOPS)
 def test_out_of_descriptors_pauses_then_resumes(kind: str,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """EMFILE: stop polling (the clients wait in the kernel's queue, not accepted and
