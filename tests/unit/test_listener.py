@@ -1,9 +1,9 @@
 """collector.http.listener: connections accepted many per loop turn, on real sockets.
 
-Each test drives `Listener._accept_ready` (what the loop calls when the listening socket is
+The tests drive `Listener._accept_ready` (what the loop calls when the listening socket is
 readable) by hand after the clients have connected (the kernel completes a TCP handshake
-before accept), so "how many per turn" is counted, never timed. Both loops run every test:
-uvloop (production) and asyncio's.
+before accept), so "how many per turn" is counted, never timed; one lets the loop call it.
+Both loops run every test: uvloop (production) and asyncio's.
 """
 
 from __future__ import annotations
