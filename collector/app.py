@@ -221,7 +221,7 @@ async def _ticker(worker: Worker) -> None:
             log.exception("worker tick failed")
 
 
-async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socket | None = None,
+async def start_worker(cfg: Config, worker_index: int = 0, *,
                        clock: Clock | None = None) -> Worker:
     loop = asyncio.get_running_loop()
     ctx = build_context(cfg, worker_index, loop, clock)
@@ -233,8 +233,7 @@ async def start_worker(cfg: Config, worker_index: int = 0, *, sock: socket.socke
     router = build_router(ctx)
     state = make_state(ctx, router)
     worker = Worker(ctx=ctx, state=state)
-    if sock is None:
-        sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
+    sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
     with contextlib.suppress(OSError):  # inherited by the accepted sockets
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # Not loop.create_server: uvloop accepts one connection per loop turn (listener.py).

@@ -12,8 +12,8 @@ import asyncio
 import errno
 import select
 import socket
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 import uvloop
@@ -61,7 +61,7 @@ class Echo(asyncio.Protocol):
         self.transport.write(data.upper())
 
 
-async def settle(loop: asyncio.AbstractEventLoop, turns: int = 5) -> None:
+async def settle(turns: int = 5) -> None:
     for _ in range(turns):
         await asyncio.sleep(0)
 
@@ -76,11 +76,16 @@ async def reply(client: socket.socket, size: int) -> bytes:
     raise AssertionError("no reply")
 
 
-async def shut(loop: asyncio.AbstractEventLoop, listener: Listener) -> None:
-    listener.close()
-    for p in Echo.made:
-        p.transport.close()
-    await settle(loop)
+@asynccontextmanager
+async def serving(listener: Listener) -> AsyncIterator[Listener]:
+    """The listener, closed afterwards with every connection it made, whatever happened."""
+    try:
+        yield listener
+    finally:
+        listener.close()
+        for p in Echo.made:
+            p.transport.close()
+        await settle()
 
 
 @pytest.fixture(autouse=True)
@@ -94,18 +99,14 @@ def test_one_turn_accepts_every_queued_connection(kind: str) -> None:
     connect together are all accepted by one turn here, and each gets a working protocol."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         sock = listening_socket()
-        listener = Listener(loop, sock, Echo)
-        port = sock.getsockname()[1]
-        try:
-            with clients(port, 40) as socks:
+        async with serving(Listener(loop, sock, Echo)) as listener:
+            with clients(sock.getsockname()[1], 40) as socks:
                 listener._accept_ready()
                 assert listener.accepted == 40
-                await settle(loop)
+                await settle()
                 assert len(Echo.made) == 40
                 socks[7].sendall(b"ping")
                 assert await reply(socks[7], 16) == b"PING"
-        finally:
-            await shut(loop, listener)
 
     run(kind, body)
 
@@ -114,8 +115,7 @@ def test_one_turn_accepts_every_queued_connection(kind: str) -> None:
 def test_per_turn_caps_one_turn_and_the_rest_follow(kind: str) -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         sock = listening_socket()
-        listener = Listener(loop, sock, Echo, per_turn=5)
-        try:
+        async with serving(Listener(loop, sock, Echo, per_turn=5)) as listener:
             with clients(sock.getsockname()[1], 8):
                 listener._accept_ready()
                 assert listener.accepted == 5
@@ -123,10 +123,8 @@ def test_per_turn_caps_one_turn_and_the_rest_follow(kind: str) -> None:
                 assert listener.accepted == 8
                 listener._accept_ready()  # nothing queued: returns at once
                 assert listener.accepted == 8
-                await settle(loop)
+                await settle()
                 assert len(Echo.made) == 8
-        finally:
-            await shut(loop, listener)
 
     run(kind, body)
 
@@ -136,16 +134,13 @@ def test_started_listener_serves_through_the_loop(kind: str) -> None:
     """With start(), the loop itself calls it: a client is answered without any help."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         sock = listening_socket()
-        listener = Listener(loop, sock, Echo)
-        listener.start()
-        try:
+        async with serving(Listener(loop, sock, Echo)) as listener:
+            listener.start()
             reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
             writer.write(b"hello")
             assert await asyncio.wait_for(reader.readexactly(5), 10) == b"HELLO"
             writer.close()
             await writer.wait_closed()
-        finally:
-            await shut(loop, listener)
 
     run(kind, body)
 
@@ -155,19 +150,18 @@ def test_close_refuses_new_connections_and_keeps_accepted_ones(kind: str) -> Non
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         sock = listening_socket()
         port = sock.getsockname()[1]
-        listener = Listener(loop, sock, Echo)
-        with clients(port, 1) as socks:
-            listener._accept_ready()
-            await settle(loop)
-            listener.close()
-            listener.close()  # twice is fine
-            assert listener.sockets == []
-            assert sock.fileno() == -1
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            socks[0].sendall(b"still here")
-            assert await reply(socks[0], 32) == b"STILL HERE"
-        await shut(loop, listener)
+        async with serving(Listener(loop, sock, Echo)) as listener:
+            with clients(port, 1) as socks:
+                listener._accept_ready()
+                await settle()
+                listener.close()
+                listener.close()  # twice is fine
+                assert listener.sockets == []
+                assert sock.fileno() == -1
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                socks[0].sendall(b"still here")
+                assert await reply(socks[0], 32) == b"STILL HERE"
 
     run(kind, body)
 
@@ -193,14 +187,12 @@ def test_a_vanished_client_is_skipped(kind: str) -> None:
     """ECONNABORTED concerns one connection: the next ones are accepted in the same turn."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         real = listening_socket()
-        listener = Listener(loop, FlakySocket(real, [errno.ECONNABORTED]), Echo)  # type: ignore[arg-type]
-        try:
+        flaky = FlakySocket(real, [errno.ECONNABORTED])
+        async with serving(Listener(loop, flaky, Echo)) as listener:  # type: ignore[arg-type]
             with clients(real.getsockname()[1], 3):
                 listener._accept_ready()
                 assert listener.accepted == 3
-                await settle(loop)
-        finally:
-            await shut(loop, listener)
+                await settle()
 
     run(kind, body)
 
@@ -211,15 +203,12 @@ def test_an_unexpected_accept_error_pauses_instead_of_spinning(
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         real = listening_socket()
         flaky = FlakySocket(real, [errno.EINVAL] * 1000)
-        listener = Listener(loop, flaky, Echo)  # type: ignore[arg-type]
-        listener.start()
-        try:
+        async with serving(Listener(loop, flaky, Echo)) as listener:  # type: ignore[arg-type]
+            listener.start()
             with clients(real.getsockname()[1], 1):
                 listener._accept_ready()
                 assert len(flaky.errors) == 999  # one attempt, then the pause
                 assert listener.paused
-        finally:
-            await shut(loop, listener)
 
     run(kind, body)
     assert "pausing" in caplog.text
@@ -232,10 +221,10 @@ def test_out_of_descriptors_pauses_then_resumes(kind: str,
     dropped), log it, and accept them once the pause is over."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         real = listening_socket()
-        listener = Listener(loop, FlakySocket(real, [errno.EMFILE]), Echo,  # type: ignore[arg-type]
-                            pause_seconds=0.05)
-        listener.start()
-        try:
+        flaky = FlakySocket(real, [errno.EMFILE])
+        async with serving(Listener(loop, flaky, Echo,  # type: ignore[arg-type]
+                                    pause_seconds=0.05)) as listener:
+            listener.start()
             with clients(real.getsockname()[1], 2):
                 listener._accept_ready()
                 assert listener.accepted == 0
@@ -246,8 +235,6 @@ def test_out_of_descriptors_pauses_then_resumes(kind: str,
                     await asyncio.sleep(0.05)
                 assert listener.accepted == 2
                 assert not listener.paused
-        finally:
-            await shut(loop, listener)
 
     run(kind, body)
     assert "pausing" in caplog.text
