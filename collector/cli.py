@@ -36,20 +36,29 @@ def _timestamp(value: str) -> float:
     return dt.timestamp()
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(*, top: bool) -> argparse.ArgumentParser:
+    """The flags every command shares, accepted before or after the command's name.
+
+    A subcommand's copies default to SUPPRESS: argparse fills a subparser's defaults into the
+    same namespace after the top level's flags were read, so with ordinary defaults
+    `collector --data-dir X serve` would lose X without a word.
+    """
+    unset: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", metavar="FILE",
-                   help="TOML configuration (default conf/collector.toml when it exists)")
+                   help="TOML configuration (default conf/collector.toml when it exists)",
+                   **unset)
     p.add_argument("--data-dir", metavar="DIR",
-                   help="where everything the collector writes lives (default ./data)")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+                   help="where everything the collector writes lives (default ./data)", **unset)
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)",
+                   **(unset or {"default": "INFO"}))
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+    common = _common(top=False)
     parser = argparse.ArgumentParser(
-        prog="collector", parents=[common],
+        prog="collector", parents=[_common(top=True)],
         description="Self-hosted event collector: HTTP ingestion into NDJSON segments, "
                     "real-time Redis stats, and a loader into SQLite or MongoDB.")
     parser.add_argument("--version", action="version", version=f"collector {__version__}")

@@ -307,7 +307,9 @@ def load_config(
             section, key = dotted.split(".", 1)
             raw[section][key] = value
     built = {s: _build_section(cls, raw[s], s) for s, cls in _SECTIONS.items()}
-    cfg = Config(data_dir=str(top.get("data_dir", defaults.DATA_DIR)), **built)
+    # Absolute from here on: children (loader, embedded Redis) and unix:// URLs built from it
+    # must not depend on the directory they run in.
+    cfg = Config(data_dir=os.path.abspath(top.get("data_dir", defaults.DATA_DIR)), **built)
     validate(cfg)
     return cfg
 

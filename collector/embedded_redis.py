@@ -73,8 +73,10 @@ class EmbeddedRedis:
     """One supervised redis-server; see the module docstring."""
 
     def __init__(self, data_dir: Path, run_dir: Path) -> None:
-        self.data_dir = Path(data_dir) / "redis"
-        self.run_dir = Path(run_dir)
+        # Absolute: redis-server changes into --dir while reading its arguments, so a relative
+        # log file or socket path after it would be looked for under data/redis/data/...
+        self.data_dir = Path(data_dir).absolute() / "redis"
+        self.run_dir = Path(run_dir).absolute()
         self.socket_path = self.run_dir / "redis.sock"
         self.pid_file = self.run_dir / "redis.pid"
         self.log_file = self.data_dir / "redis.log"

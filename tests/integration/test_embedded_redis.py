@@ -189,3 +189,22 @@ def test_socket_path_too_long_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="longer than"):
         er.start()
     assert er.pid is None
+
+
+def test_relative_directories_work(tmp_path_factory: pytest.TempPathFactory,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-server changes into --dir while reading its arguments: relative paths given to
+    it after that would point under data/redis/ (its log file: it refused to start)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("rel"))
+    er = EmbeddedRedis(Path("data"), Path("data") / "run")
+    try:
+        er.start()
+        r = client(er)
+        try:
+            assert r.ping()
+            assert r.config_get("logfile")["logfile"] == str(Path("data/redis/redis.log")
+                                                             .absolute())
+        finally:
+            r.close()
+    finally:
+        er.stop(timeout=5)

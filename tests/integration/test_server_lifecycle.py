@@ -230,3 +230,31 @@ def _alive(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_relative_data_dir_with_embedded_redis_and_loader(start_server: Start,
+                                                          tmp_path: Path) -> None:
+    """`make run`: the default `data` is relative to where the collector starts. The embedded
+    redis-server changes into its own directory while reading its arguments, so every path it
+    is given must be absolute (a relative log file once made it refuse to start)."""
+    workdir = tmp_path / "w"  # short: the Redis socket path must fit in sun_path
+    workdir.mkdir()
+    server = start_server(cwd=workdir, data_dir=workdir / "data",
+                          env={"COLLECTOR_REDIS_ENABLED": "true",
+                               "COLLECTOR_LOADER_EMBEDDED": "true"})
+    log = wait_started(server)
+    assert f"data        {(workdir / 'data').resolve()}" in log
+    assert (workdir / "data" / "redis" / "redis.log").exists()
+    status, body = server.json("POST", "/api/events", {"event_type": "rel_dir", "ts": None})
+    assert status == 202, body
+    deadline = time.monotonic() + 20
+    stats: dict[str, object] = {}
+    events: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        _, stats = server.json("GET", "/api/stats/rel_dir")
+        _, events = server.json("GET", "/api/events", auth=True)
+        if stats["total"] == 1 and events["total"] == 1:
+            break
+        time.sleep(0.2)
+    assert stats["total"] == 1, stats  # counted in the embedded Redis
+    assert events["total"] == 1, events  # and loaded into the store
