@@ -56,16 +56,18 @@ def check_read(request: Request, token: str | None, token_file: Path) -> Respons
     if token is None:
         return None
     auth = request.header(b"authorization")
-    if not auth:
+    scheme, _, given = (auth or b"").decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        # No credentials of the kind asked for (none, or Basic, ...): 401 says which kind,
+        # as RFC 9110 wants; 403 is for a bearer token that is wrong.
+        sent = f" (this request sent {scheme!r} credentials)" if scheme else ""
         return error_response(
             401, "unauthorized",
-            "reading events needs 'Authorization: Bearer <read token>'; the token is in "
+            f"reading events needs 'Authorization: Bearer <read token>'{sent}; the token is in "
             f"{token_file} (or set auth.read_token / COLLECTOR_AUTH_READ_TOKEN)",
             headers=[("WWW-Authenticate", "Bearer")],
         )
-    scheme, _, given = auth.decode("latin-1").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                             token.encode()):
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
         return error_response(
             403, "forbidden",
             f"the bearer token is not the read token; the token is in {token_file}",

@@ -8,11 +8,13 @@ Answer
 
 Parameters
     `page` (from 1, default 1) and `limit` (default 100; above 1000 it is capped at 1000, as
-    SPEC §3 says, and the answer's `limit` shows the value used). POST also takes `startDate`
-    and `endDate` (UNIX seconds, inclusive; a number, a numeric string, or empty/null for
-    unbounded) and `eventType` (a string or an array of strings; empty means every type). The
-    body is JSON or `application/x-www-form-urlencoded`; in a form, several types are sent by
-    repeating `eventType` (or `eventType[]`, as jQuery does). A comma is not a separator: it is
+    SPEC §3 says, and the answer's `limit` shows the value used), `startDate` and `endDate`
+    (UNIX seconds, inclusive; a number, a numeric string, or empty/null for unbounded) and
+    `eventType` (a string or an array of strings; empty means every type): in GET's query
+    string or in POST's body. The body is JSON or `application/x-www-form-urlencoded` (a body
+    starting with "{" is JSON whatever its Content-Type says: `curl -d` labels JSON as a
+    form); in a form or query string, several types are sent by repeating `eventType` (or
+    `eventType[]`, as jQuery does). A comma is not a separator: it is
     a legal character of an event type. Unknown body fields are rejected (a misspelt
     `event_type` would otherwise silently return every type); GET ignores unknown query
     parameters (cache busters).
@@ -59,7 +61,8 @@ def routes(ctx: AppContext) -> list[Route]:
     reader = EventsReader(ctx)
     return [
         Route("GET", "/api/events", reader.list_events,
-              "all loaded events, newest first: ?page=&limit= (read token needed)"),
+              "loaded events, newest first: ?page=&limit=&startDate=&endDate=&eventType= "
+              "(read token needed)"),
         Route("POST", "/api/events/query", reader.query_events,
               "filtered events: page, limit, startDate, endDate, eventType "
               "(JSON or form body; read token needed)"),
@@ -86,12 +89,7 @@ class EventsReader:
         denied = self._denied(request)
         if denied is not None:
             return denied
-        try:
-            page = parse_page(request.arg("page"))
-            limit = parse_limit(request.arg("limit"))
-        except BadQuery as e:
-            return error_response(400, "bad_query", str(e))
-        return await self._answer(page, limit, None, None, None)
+        return await self._filtered(form_fields(request.query), strict=False)
 
     async def query_events(self, request: Request) -> Response:
         denied = self._denied(request)
@@ -99,8 +97,16 @@ class EventsReader:
             return denied
         try:
             params = parse_body(request)
+        except BadQuery as e:
+            return error_response(400, "bad_query", str(e))
+        return await self._filtered(params, strict=True)
+
+    async def _filtered(self, params: dict[str, Any], *, strict: bool) -> Response:
+        """Answer for validated parameters; `strict` refuses unknown ones (see the module
+        docstring: a body's misspelt field is an error, a query string's extra one is not)."""
+        try:
             unknown = sorted(set(params) - set(FIELDS))
-            if unknown:
+            if unknown and strict:
                 raise BadQuery(f"unknown field {unknown[0]!r}; the fields are "
                                f"{', '.join(FIELDS)}")
             page = parse_page(params.get("page"))
@@ -138,7 +144,9 @@ def parse_body(request: Request) -> dict[str, Any]:
     """The POST parameters: a JSON object, or a urlencoded form (lists for repeated keys)."""
     ctype = (request.header(b"content-type") or b"").decode("latin-1").lower()
     body = request.body
-    if "application/x-www-form-urlencoded" in ctype:
+    if "application/x-www-form-urlencoded" in ctype and body.lstrip()[:1] != b"{":
+        # (A form never starts with "{": that is JSON sent by `curl -d`, whose default
+        # Content-Type is the form's. Read as a form it would be one unknown field.)
         return parse_form(body)
     if not body.strip():
         return {}
@@ -157,6 +165,12 @@ def parse_form(body: bytes) -> dict[str, Any]:
         form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
         raise BadQuery("the form body is not UTF-8") from None
+    return form_fields(form)
+
+
+def form_fields(form: dict[str, list[str]]) -> dict[str, Any]:
+    """Parameters from a parsed form or query string: the last value of each, except
+    eventType, which collects every value (repeated, or as `eventType[]`)."""
     out: dict[str, Any] = {}
     for key, values in form.items():
         name = key[:-2] if key.endswith("[]") else key

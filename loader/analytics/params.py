@@ -108,18 +108,25 @@ def seconds(name: str, value: Any) -> float | None:
     return number
 
 
+def _plain(number: float) -> str:
+    """A number as a client sent or would send it: 1795987511 or 1795987511.25, never the
+    1.79599e+09 of `:g`, which makes two different times look equal in a message."""
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def time_range(start: Any, end: Any, now: float) -> Range:
     """The inclusive range of `from`/`to` (strings or JSON numbers), defaults applied."""
     lo = seconds("from", start)
     hi = seconds("to", end)
     if hi is None:
         if lo is not None and lo > now:
-            raise BadParam(f"from={lo:g} is in the future; give `to` as well")
+            raise BadParam(f"from={_plain(lo)} is in the future; give `to` as well")
         hi = now
     if lo is None:
         lo = max(0.0, hi - DEFAULT_RANGE_SECONDS)
     if lo > hi:
-        raise BadParam(f"from={lo:g} is after to={hi:g}; `from` must not be later than `to`")
+        raise BadParam(f"from={_plain(lo)} is after to={_plain(hi)}; "
+                       "`from` must not be later than `to`")
     return Range(lo, hi)
 
 
@@ -201,5 +208,6 @@ def funnel(body: Any, now: float) -> FunnelQuery:
         raise BadParam("window must be a number of seconds")
     window = float(window)
     if not (math.isfinite(window) and 0 < window <= MAX_WINDOW):
-        raise BadParam(f"window must be more than 0 and at most {MAX_WINDOW:g} seconds")
+        raise BadParam(f"window must be more than 0 and at most {_plain(MAX_WINDOW)} seconds "
+                       "(366 days)")
     return FunnelQuery(names, window, time_range(body.get("from"), body.get("to"), now))

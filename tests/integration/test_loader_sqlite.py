@@ -475,6 +475,41 @@ async def test_reads_need_the_token(api: Any) -> None:
     assert status == 403
 
 
+async def test_basic_credentials_get_401_naming_the_bearer_scheme(api: Any) -> None:
+    req = request("GET", "/api/events", token=None)
+    req = Request(req.method, req.path, req.query_string,
+                  (*req.headers, (b"authorization", b"Basic dXNlcjpwYXNz")), req.body)
+    resp = await api[0][("GET", "/api/events")](req)
+    assert resp.status == 401
+    assert ("WWW-Authenticate", "Bearer") in resp.headers
+    assert "'Basic' credentials" in orjson.loads(resp.body)["message"]
+
+
+async def test_get_takes_the_same_filters_as_the_query_body(api: Any) -> None:
+    _, events = api
+    expected = [e["id"] for e in reversed(events)
+                if 1_700_000_100 <= e["ts"] <= 1_700_001_000 and e["event_type"] in ("signup",
+                                                                                     "view")]
+    query = ("startDate=1700000100&endDate=1700001000&eventType=signup&eventType%5B%5D=view"
+             "&limit=3&_=123")  # an unknown parameter (a cache buster) is ignored
+    status, out = await call(api, request("GET", "/api/events", query=query))
+    assert status == 200 and out["total"] == len(expected) > 3
+    assert [e["id"] for e in out["events"]] == expected[:3]
+    status, out = await call(api, request("GET", "/api/events", query="startDate=yesterday"))
+    assert status == 400 and "UNIX seconds" in out["message"]
+
+
+async def test_json_sent_as_curl_sends_it_is_read_as_json(api: Any) -> None:
+    """`curl -d '{...}'` labels the body application/x-www-form-urlencoded."""
+    _, events = api
+    body = b' {"eventType": "click", "limit": 2}'
+    status, out = await call(api, request("POST", "/api/events/query", body,
+                                          ctype="application/x-www-form-urlencoded"))
+    assert status == 200, out
+    assert out["total"] == sum(e["event_type"] == "click" for e in events)
+    assert out["limit"] == 2
+
+
 async def test_query_json_body_filters_by_range_and_types(api: Any) -> None:
     _, events = api
     body = orjson.dumps({"startDate": 1_700_000_100, "endDate": "1700001000",

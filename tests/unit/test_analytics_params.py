@@ -49,6 +49,9 @@ def test_range_accepts_strings_and_json_numbers() -> None:
     (True, None, "not a boolean"),
     ([1], None, "must be UNIX seconds"),
     ("20", "10", "from=20 is after to=10"),
+    # Plain numbers: `:g` printed both of these as 1.79599e+09.
+    ("1795987511", "1795901111", "from=1795987511 is after to=1795901111"),
+    ("10.5", "10.25", r"from=10\.5 is after to=10\.25"),
     (str(NOW + 10), None, "in the future"),
 ])
 def test_bad_ranges(start: object, end: object, message: str) -> None:
@@ -132,6 +135,7 @@ def test_funnel_body() -> None:
     ({"steps": ["a", 3]}, r"steps\[1\] must be a non-empty"),
     ({"steps": ["a"] * 21}, "at most 20 steps"),
     ({"steps": ["a"], "window": 0}, "more than 0"),
+    ({"steps": ["a"], "window": -1}, "at most 31622400 seconds"),
     ({"steps": ["a"], "window": "60"}, "window must be a number"),
     ({"steps": ["a"], "window": True}, "window must be a number"),
     ({"steps": ["a"], "window": 1e12}, "at most"),
