@@ -56,6 +56,41 @@ class _Columns(NamedTuple):
     users: list[Any]
 
 
+def gunzip(body: bytes, max_body: int) -> bytes | tuple[int, str, str]:
+    """A gzip body decoded, every member of it; or (status, code, message) of what is wrong.
+
+    RFC 1952: a gzip file is one or more members, and `gzip -c a >> f; gzip -c b >> f` makes
+    such a file. Stopping after the first member would acknowledge the request and drop the
+    rest without a word. Bytes after the last member that are not a member (garbage) refuse
+    the body. The output is bounded by `max_body` + 1 at every step, so a zip bomb costs at most
+    that much memory before it is refused.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    try:
+        while True:
+            # wbits=31: the gzip container, one member per decompressor.
+            d = zlib.decompressobj(wbits=31)
+            piece = d.decompress(rest, max_body + 1 - size)
+            size += len(piece)
+            out.append(piece)
+            if size > max_body or d.unconsumed_tail:
+                return (413, "body_too_large",
+                        f"the decoded body is over {max_body} bytes; send smaller batches")
+            if not d.eof:
+                return (400, "bad_gzip", "the gzip body is truncated; send the complete stream")
+            rest = d.unused_data
+            if not rest:
+                break
+    except zlib.error as e:
+        what = "the body is not valid gzip" if not out else \
+            f"bytes after gzip member {len(out)} are not a gzip member"
+        return (400, "bad_gzip", f"{what} ({e}); compress it with gzip or drop the "
+                "Content-Encoding header")
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
 class Ingest:
     """POST /api/events and GET /api/events/pixel.gif."""
 
@@ -89,8 +124,8 @@ class Ingest:
         encoding = request.header(b"content-encoding")
         if encoding is not None:
             decoded = self._decode(body, encoding)
-            if type(decoded) is Response:
-                return decoded
+            if type(decoded) is tuple:
+                return self._reject(request, body, *decoded)
             body = decoded  # type: ignore[assignment]
         received_at = self.ctx.clock.time()
         procs = self.ctx.processors
@@ -124,32 +159,16 @@ class Ingest:
             return self._reject(request, body, 400, "invalid_event", e.message)
         return self._store(events, received_at, False, texts)
 
-    def _decode(self, body: bytes, encoding: bytes) -> bytes | Response:
+    def _decode(self, body: bytes, encoding: bytes) -> bytes | tuple[int, str, str]:
+        """The decoded body, or (status, code, message) of why it cannot be decoded."""
         enc = encoding.strip().lower()
         if enc == b"identity":
             return body
         if enc not in (b"gzip", b"x-gzip"):
-            return error_response(
-                415, "unsupported_encoding",
-                f"Content-Encoding {enc.decode('latin-1')!r} is not supported; "
-                "send gzip or no Content-Encoding")
-        # wbits=31: gzip container. max_length bounds the output so a zip bomb costs at most
-        # max_body+1 bytes of memory before we know it is too large.
-        d = zlib.decompressobj(wbits=31)
-        try:
-            out = d.decompress(body, self.max_body + 1)
-            if len(out) > self.max_body or d.unconsumed_tail:
-                return error_response(
-                    413, "body_too_large",
-                    f"the decoded body is over {self.max_body} bytes; send smaller batches")
-            if not d.eof:
-                return error_response(400, "bad_gzip",
-                                      "the gzip body is truncated; send the complete stream")
-        except zlib.error as e:
-            return error_response(400, "bad_gzip",
-                                  f"the body is not valid gzip ({e}); compress it with gzip "
-                                  "or drop the Content-Encoding header")
-        return out
+            return (415, "unsupported_encoding",
+                    f"Content-Encoding {enc.decode('latin-1')!r} is not supported; "
+                    "send gzip or no Content-Encoding")
+        return gunzip(body, self.max_body)
 
     def _reject(self, request: Request, body: bytes, status: int, code: str, message: str,
                 errors: list[dict[str, Any]] | None = None) -> Response:

@@ -147,6 +147,31 @@ def test_gzip_body(srv: ServerProcess, rawconn: Connect) -> None:
     assert {m: len(v) for m, v in by_event_id(srv, *marks).items()} == dict.fromkeys(marks, 1)
 
 
+def test_gzip_body_of_several_members_stores_every_event(srv: ServerProcess,
+                                                         rawconn: Connect) -> None:
+    """`gzip -c a >> f; gzip -c b >> f` makes one body of two gzip members (RFC 1952)."""
+    marks = [marker("gzm") for _ in range(2)]
+    body = b"".join(gzip.compress(orjson.dumps({"event_type": "gzm", "event_id": m}) + b"\n")
+                    for m in marks)
+    accepted_ids(post(rawconn(srv.port), body, {"Content-Encoding": "gzip"}), 2)
+    assert {m: len(v) for m, v in by_event_id(srv, *marks).items()} == dict.fromkeys(marks, 1)
+
+
+@pytest.mark.parametrize("encoding, body, status, code", [
+    ("gzip", gzip.compress(b'{"event_type":"gzt"}') + b"garbage", 400, "bad_gzip"),
+    ("gzip", b'{"event_type":"plain"}', 400, "bad_gzip"),
+    ("br", b'{"event_type":"br"}', 415, "unsupported_encoding"),
+], ids=["garbage-after-member", "not-gzip", "brotli"])
+def test_undecodable_bodies_are_refused_and_recorded(srv: ServerProcess, rawconn: Connect,
+                                                     encoding: str, body: bytes, status: int,
+                                                     code: str) -> None:
+    resp = post(rawconn(srv.port), body, {"Content-Encoding": encoding})
+    assert (resp.status, resp.json()["error"]) == (status, code)
+    assert any(r["reason"] == f"{code}: {resp.json()['message']}" and r["size"] == len(body)
+               for r in rejected_lines(srv)), "the refused body is not in data/rejected/"
+    assert not {"gzt", "plain", "br"} & {e["event_type"] for e in lines_by_id(srv).values()}
+
+
 @pytest.mark.parametrize("content_type", [
     "text/plain;charset=UTF-8",  # navigator.sendBeacon with a string
     "application/x-www-form-urlencoded",  # a form post or a careless client
