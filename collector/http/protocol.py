@@ -338,8 +338,11 @@ class HttpProtocol(asyncio.Protocol):
     def _protocol_error(self, e: ProtocolError) -> None:
         self.state.metrics.inc("collector_protocol_errors_total", status=str(e.status_hint))
         if self.head is None:
-            # The error came before a full head; answer as HTTP/1.1 and close.
+            # The error came before a full head; answer as HTTP/1.1 and close. Its latency
+            # starts now: `started` is the previous request's (or 0.0, the loop's epoch, on a
+            # new connection), which put hours into the latency histogram.
             self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
+            self.started = self.loop.time()
         self._respond(error_response(e.status_hint, e.code, e.message, close=True), "invalid")
 
     # -- connection lifecycle ------------------------------------------------------------------

@@ -413,6 +413,28 @@ def test_metrics_counters_move(srv: ServerProcess, rawconn: Connect) -> None:
     assert metric(after, count) > metric(before, count)
 
 
+@pytest.mark.parametrize("raw", [
+    b"HELLO\r\n\r\n",
+    b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+], ids=["garbage", "cl-and-te", "long-target"])
+def test_requests_refused_by_the_parser_take_no_time_in_the_histogram(
+        srv: ServerProcess, rawconn: Connect, raw: bytes) -> None:
+    """They used to be timed from the loop's epoch (the host's uptime: hours per request)."""
+    conn = rawconn(srv.port)
+    accepted_ids(post(conn, {"event_type": "before"}), 1)  # a request earlier on the connection
+    before = scrape(srv)
+    assert conn.exchange(raw).status in (400, 414)
+    conn = rawconn(srv.port)  # and a new connection whose first bytes are refused
+    assert conn.exchange(raw).status in (400, 414)
+    after = scrape(srv)
+    name = "collector_request_duration_seconds"
+    # The two refused requests, and the first scrape (counted once its answer was written).
+    assert metric(after, name + "_count") - metric(before, name + "_count") == 3
+    assert metric(after, name + "_sum") - metric(before, name + "_sum") < 5.0
+
+
 def test_metrics_exposes_type_lines(srv: ServerProcess) -> None:
     _, _, data = srv.request("GET", "/metrics")
     text = data.decode()
