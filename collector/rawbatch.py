@@ -26,8 +26,10 @@ both on generated bodies):
   stricter in three ways: it refuses invalid UTF-8 (so the whole body must decode), lone
   surrogate escapes (so a body with any backslash goes to the slow path), and numbers past a
   double's range such as `1e400` (a params whose digits look like one is re-serialized by
-  orjson, which then accepts it or says no for the whole body). A raw line break between the
-  tokens of a params would split the NDJSON line: such a params is re-serialized too.
+  orjson, which then accepts it or says no for the whole body). It also reads an integer
+  outside 64 bits as a float: a params with a run of 19 digits or more is re-serialized too.
+  A raw line break between the tokens of a params would split the NDJSON line: such a
+  params is re-serialized as well.
 * A field given twice: msgspec keeps the last value, as orjson does, but only skims an
   earlier params, so a body with more `"params"` keys than params goes to the slow path
   (`_hides_values`); an earlier ts is decoded, and msgspec refuses one too large (`_Int64`).
@@ -99,8 +101,12 @@ _SEPARATOR = b"\x00"
 _SUSPECT = b"!"
 """A raw line break (it would split the NDJSON line; a backslash maps here too, though a body
 holding one never gets this far): the params is looked at closer (`_suspect`)."""
-_LONG_DIGITS = b"0" * 200
-"""A run of digits this long might be an integer past a double's range (orjson refuses them)."""
+_LONG_DIGITS = b"0" * 19
+"""A run of digits this long might be an integer outside 64 bits (-9223372036854775809 has
+19), which orjson, and so the slow path and the loader, reads as a float: such params are
+re-serialized, so that the segment holds what the store will hold, and a run past a double's
+range is refused as the slow path refuses it. (Digits inside strings look the same here: a
+false alarm costs one orjson round trip.)"""
 _DIGIT_EXPONENT = b"0e"
 """A digit then an exponent letter: a number in exponent notation might overflow (`1e400`)."""
 _GROUP = 16
@@ -331,7 +337,7 @@ def _looks_suspect(classes: bytes) -> bool:
     """Whether params mapped to `_CLASSES` may hold JSON that orjson reads differently from a
     byte copy, or refuses: then `_reserialized` looks at each of them."""
     return classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or \
-        (len(classes) >= len(_LONG_DIGITS) and classes.find(_LONG_DIGITS) >= 0)
+        classes.find(_LONG_DIGITS) >= 0
 
 
 def _suspect(data: msgspec.Raw | bytes) -> bool:
