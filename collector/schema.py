@@ -140,6 +140,15 @@ def parse_body(body: bytes) -> tuple[list[Any], bool]:
     except orjson.JSONDecodeError as exc:
         if not body.strip():
             raise BadEvent(f"empty body: {_BODY_HINT}") from None
+        if not body.isascii():
+            try:
+                body.decode()
+            except UnicodeDecodeError as bad:
+                # orjson's words for this ("surrogates not allowed ... column 1") point
+                # nowhere near the byte at fault.
+                raise BadEvent(
+                    f"body is not valid UTF-8: byte {bad.start} (0x{body[bad.start]:02x}) "
+                    f"{bad.reason}; send JSON encoded as UTF-8") from None
         items = _parse_ndjson(body) if b"\n" in body.strip() else None
         if items is None:
             raise BadEvent(f"body is not valid JSON: {_decode_reason(exc)}; {_BODY_HINT}") from None

@@ -19,6 +19,7 @@ import logging
 import zlib
 from functools import partial
 from typing import Any, NamedTuple
+from urllib.parse import parse_qs
 
 from collector import __version__, rawbatch
 from collector.auth import check_write
@@ -252,9 +253,18 @@ class Ingest:
             denied = check_write(request, self.write_keys)
             if denied is not None:
                 return denied
-        args = {k: v[-1] for k, v in request.query.items()}
-        args.pop("key", None)
         received_at = self.ctx.clock.time()
+        try:
+            # Strict: Request.query decodes percent-escapes with errors="replace", which would
+            # store U+FFFD where a POST body with the same bytes is refused.
+            query = parse_qs(request.query_string, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError as bad:
+            body = request.query_string.encode("latin-1", "replace")
+            return self._reject(request, body, 400, "invalid_event",
+                                f"the query string is not UTF-8 once percent-decoded "
+                                f"({bad.reason}); encode values with encodeURIComponent")
+        args = {k: v[-1] for k, v in query.items()}
+        args.pop("key", None)
         try:
             raw = event_from_query(args)
             events = validate_batch([raw], received_at, self.limits)

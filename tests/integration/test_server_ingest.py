@@ -322,6 +322,19 @@ def test_pixel_with_bad_params_is_rejected_and_recorded(srv: ServerProcess,
     assert any(mark in line.get("body", "") for line in rejected_lines(srv))
 
 
+@pytest.mark.parametrize("value", ["%ff%fe", "%ZZ%E9", "ok%C3"])
+def test_pixel_with_a_value_that_is_not_utf8_is_rejected(srv: ServerProcess, rawconn: Connect,
+                                                         value: str) -> None:
+    """The same bytes in a POST body are refused: they must not be stored as U+FFFD."""
+    mark = marker("pxutf")
+    target = f"/api/events/pixel.gif?event_type={value}&event_id={mark}"
+    resp = rawconn(srv.port).exchange(request_bytes("GET", target))
+    assert resp.status == 400
+    assert "not UTF-8" in resp.json()["message"]
+    assert by_event_id(srv, mark) == {mark: []}
+    assert any(mark in line.get("body", "") for line in rejected_lines(srv))
+
+
 # --- rejected bodies ----------------------------------------------------------------------------
 
 

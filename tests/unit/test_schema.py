@@ -671,7 +671,21 @@ def test_a_scalar_body_is_rejected(body: bytes, kind: str) -> None:
         parse_body(body)
 
 
-@pytest.mark.parametrize("body", [b"{not json}", b'{"event_type": "a"', b"\xff\xfe", b"[1,]"])
+@pytest.mark.parametrize("body, where", [
+    (b'{"event_type":"a\xff\xfeb"}', "byte 16 (0xff)"),
+    (b"\xff\xfe", "byte 0 (0xff)"),
+    (b'{"event_type":"caf\xc3\xa9", "x": "\xed\xa0\x80"}', "byte 29 (0xed)"),  # a surrogate
+    (b'{"event_type":"a"}\n{"event_type":"\xc3"}', "byte 34 (0xc3)"),  # NDJSON, cut short
+])
+def test_invalid_utf8_is_reported_at_its_byte(body: bytes, where: str) -> None:
+    """orjson says "surrogates not allowed: line 1 column 1" for any of these."""
+    with pytest.raises(BadEvent) as info:
+        parse_body(body)
+    assert info.value.message.startswith(f"body is not valid UTF-8: {where} ")
+    assert info.value.message.endswith("send JSON encoded as UTF-8")
+
+
+@pytest.mark.parametrize("body", [b"{not json}", b'{"event_type": "a"', b"[1,]"])
 def test_invalid_json_is_rejected_with_a_hint(body: bytes) -> None:
     with pytest.raises(BadEvent) as info:
         parse_body(body)
