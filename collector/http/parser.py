@@ -705,9 +705,14 @@ def _parse_method(raw: bytes) -> str:
 
 
 def _reject_version(raw: bytes) -> str:
+    """The version of a request line that is not HTTP/1.1 or 1.0: "1.1" for a later 1.x (RFC
+    9110 §2.5: process it as the highest minor version implemented); otherwise a 505 for a
+    well-formed version we do not speak, a 400 for anything else."""
     shown = raw[:40].decode("latin-1")
     rest = raw[5:] if raw.startswith(b"HTTP/") else b""
     major, dot, minor = rest.partition(b".")
+    if major == b"1" and dot and minor.isdigit() and len(minor) == 1 and minor > b"1":
+        return "1.1"
     if major.isdigit() and len(major) == 1 and (not dot or (minor.isdigit() and len(minor) == 1)):
         raise ProtocolError(
             f"{shown} is not supported; this server speaks HTTP/1.1 and HTTP/1.0",

@@ -499,7 +499,6 @@ MALFORMED = {
     # version
     "http2": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_version_not_supported"),
     "http2-short": (b"GET / HTTP/2\r\n" + HOST + b"\r\n", 505, "http_version_not_supported"),
-    "http12": (b"GET / HTTP/1.2\r\n" + HOST + b"\r\n", 505, "http_version_not_supported"),
     "http09": (b"GET / HTTP/0.9\r\n" + HOST + b"\r\n", 505, "http_version_not_supported"),
     "lowercase-version": (b"GET / http/1.1\r\n" + HOST + b"\r\n", 400, "bad_request_line"),
     "bad-version": (b"GET / HTTP/1.1x\r\n" + HOST + b"\r\n", 400, "bad_request_line"),
@@ -584,6 +583,16 @@ def test_error_message_says_what_to_fix() -> None:
 def test_http2_message_names_the_version() -> None:
     with pytest.raises(ProtocolError, match="HTTP/2.0 is not supported"):
         parse_head(b"PRI * HTTP/2.0")
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_a_later_http_1_minor_version_is_read_as_1_1(version: bytes) -> None:
+    """RFC 9110 §2.5: a higher minor version of a major version we implement is processed as
+    the highest minor version we implement (so it keeps the 1.1 rules: Host, keep-alive)."""
+    head = parse_head(b"POST /api/events " + version + b"\r\nHost: h\r\nContent-Length: 2")
+    assert (head.version, head.keep_alive, head.content_length) == ("1.1", True, 2)
+    with pytest.raises(ProtocolError, match="Host header"):
+        parse_head(b"GET / " + version)
 
 
 CHUNK_ERRORS = {
