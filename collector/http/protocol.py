@@ -91,7 +91,10 @@ class ServerState:
     worker lets the segment writer flush there once enough requests wait for it)."""
 
 
-_IDLE, _HEADER, _BODY = 0, 1, 2
+_IDLE, _HEADER, _BODY, _FIRST = 0, 1, 2, 3
+"""Deadline kinds. _FIRST: a new connection waits at most the header timeout for its first
+request (the keep-alive timeout is for a client that has been served; a connection that
+never sends would otherwise hold a slot of max_connections for that long)."""
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -145,7 +148,7 @@ class HttpProtocol(asyncio.Protocol):
         state.connections.add(self)
         state.metrics.inc("collector_connections_opened_total")
         t.set_write_buffer_limits(high=state.write_buffer_high)
-        self._arm(_IDLE)
+        self._arm(_FIRST)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -221,7 +224,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.parser.buffered:
                 if self.timer_kind != _HEADER:
                     self._arm(_HEADER)
-            elif self.timer_kind != _IDLE:
+            elif self.timer_kind != _IDLE and self.timer_kind != _FIRST:
                 if self.state.stopping:
                     self._close()
                     return
@@ -380,7 +383,7 @@ class HttpProtocol(asyncio.Protocol):
         s = self.state
         self.timer_kind = kind
         self.deadline = self.loop.time() + (s.keepalive_timeout, s.header_timeout,
-                                             s.body_timeout)[kind]
+                                             s.body_timeout, s.header_timeout)[kind]
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
@@ -391,7 +394,9 @@ class HttpProtocol(asyncio.Protocol):
         self.timer_kind = -1
         if self.closed or self.busy:
             return
-        if kind == _IDLE:
+        if kind in (_IDLE, _FIRST):  # nothing of a request arrived: nothing to answer
+            if kind == _FIRST:
+                self.state.metrics.inc("collector_timeouts_total", phase="first_request")
             self._close()
             return
         self.state.metrics.inc("collector_timeouts_total",

@@ -112,6 +112,14 @@ def slow_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
 
 
 @pytest.fixture(scope="module")
+def patient_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A short header timeout, a long keep-alive: which one applies is visible."""
+    env = {"COLLECTOR_SERVER_HEADER_TIMEOUT": "1", "COLLECTOR_SERVER_KEEPALIVE_TIMEOUT": "60"}
+    with module_server(tmp_path_factory, "patient", env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def capped_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with module_server(tmp_path_factory, "capped",
                        {"COLLECTOR_SERVER_MAX_CONNECTIONS": "5"}) as server:
@@ -628,6 +636,21 @@ def test_idle_keep_alive_connection_is_closed(slow_srv: ServerProcess, rawconn: 
 def test_connection_that_never_sends_is_closed(slow_srv: ServerProcess, rawconn: Connect) -> None:
     conn = rawconn(slow_srv.port)
     assert conn.wait_closed(timeout=8.0)
+
+
+def test_a_new_connection_gets_the_header_timeout_for_its_first_request(
+        patient_srv: ServerProcess, rawconn: Connect) -> None:
+    """Not the keep-alive timeout, which is for clients that were served: a connection that
+    never sends (or sends only blank lines) would hold a connection slot for a minute."""
+    silent = rawconn(patient_srv.port)
+    blank = rawconn(patient_srv.port)
+    blank.send(b"\r\n")
+    served = rawconn(patient_srv.port)
+    assert served.exchange(request_bytes("GET", "/healthz")).status == 200
+    assert silent.wait_closed(timeout=8.0), "a silent new connection outlived the 1 s timeout"
+    assert blank.wait_closed(timeout=8.0)
+    assert not served.wait_closed(timeout=0.5), "a served connection lost its keep-alive"
+    assert served.exchange(request_bytes("GET", "/healthz")).status == 200
 
 
 # --- connection cap -----------------------------------------------------------------------------
