@@ -196,6 +196,31 @@ class Segment:
                 f"segment {self.path} was deleted while open (segment directory removed?)"
             )
 
+    def check_named(self) -> None:
+        """Raise unless the segment's path still names the open file.
+
+        A removed directory shows in the file's link count (append checks it), but a renamed
+        or replaced one does not: appends would go on into a file the loader never sees. The
+        writer asks once a second.
+
+        Raises:
+            StorageUnavailable: the path is gone or names another file.
+        """
+        fd = self._fd
+        if fd < 0:
+            return
+        try:
+            named = os.stat(self.path)
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"segment {self.path} is no longer there ({_describe(exc)}): was the segment "
+                "directory moved or removed?") from exc
+        if (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
+            raise StorageUnavailable(
+                f"segment {self.path} now names another file: was the segment directory "
+                "replaced?")
+
     def _write_rest(self, fd: int, data: bytes, written: int) -> None:
         # A regular file only writes short when the disk fills up or a signal lands mid-write;
         # retrying either finishes the job or surfaces the real error (ENOSPC) on the next call.

@@ -314,6 +314,13 @@ class SegmentWriter:
         if not self._available:
             self._probe_if_due()
             return
+        active = self._log.active
+        if active is not None:
+            try:
+                active.check_named()
+            except StorageUnavailable as exc:
+                self._append_failed(exc)
+                return
         if not self._log.due_for_roll():
             return
         self._retire_active()

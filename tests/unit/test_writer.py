@@ -354,6 +354,48 @@ async def test_tick_probe_recreates_a_removed_directory(seg_dir: Path) -> None:
     assert seg_dir.is_dir()
 
 
+@pytest.mark.parametrize("durability", ["os", "fsync"])
+async def test_a_moved_directory_is_noticed_by_the_tick(seg_dir: Path, durability: str) -> None:
+    """A rename keeps the open file's link count: appends would go on into a directory the
+    loader does not read. The tick compares the segment's path with the open file."""
+    clock = FakeClock()
+    writer = make_writer(seg_dir, clock, durability, probe_interval=1.0)
+    first = writer.write(line(0), snowflake(0))
+    if first is not None:
+        assert await settle([first]) == [None]
+    writer.tick()
+    assert writer.available  # nothing moved yet: the check passes
+    moved = seg_dir.with_name("moved")
+    seg_dir.rename(moved)
+
+    writer.tick()
+    assert not writer.available and "moved or removed" in (writer.last_error or "")
+    with pytest.raises(StorageUnavailable):
+        writer.write(line(1), snowflake(1))
+    for _ in range(500):  # (fsync: the probe waits for the seal job of the moved segment,
+        clock.advance(1.0)  # whose failure, its path being gone, restarts the probe interval)
+        writer.tick()  # the probe makes the configured directory again
+        if writer.available:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.available and seg_dir.is_dir()
+    later = writer.write(line(2), snowflake(2))
+    if later is not None:
+        assert await settle([later]) == [None]
+    assert stored(seg_dir) == line(2)
+    assert stored(moved) == line(0)  # acknowledged before the move: where the operator put it
+
+
+async def test_a_replaced_directory_is_noticed_by_the_tick(seg_dir: Path) -> None:
+    writer = make_writer(seg_dir, FakeClock(), "os", probe_interval=1.0)
+    writer.write(line(0), snowflake(0))
+    seg_dir.rename(seg_dir.with_name("old"))
+    seg_dir.mkdir()
+    (seg_dir / segment_name(snowflake(0), sealed=False)).write_bytes(b"")  # same name, new file
+    writer.tick()
+    assert not writer.available and "another file" in (writer.last_error or "")
+
+
 async def test_fsync_of_a_segment_deleted_under_us_fails_its_waiters(seg_dir: Path) -> None:
     fsync = GatedFsync()
     writer = make_writer(seg_dir, FakeClock(), "fsync", ops=FileOps(fsync=fsync))
