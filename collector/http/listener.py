@@ -102,7 +102,7 @@ class Listener:
     def _connect(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         task = self._loop.create_task(
-            self._loop.connect_accepted_socket(self._factory, sock=conn))  # type: ignore[arg-type]
+            self._loop.connect_accepted_socket(self._factory, sock=conn))
         self._pending.add(task)
         task.add_done_callback(self._connected)
 
