@@ -112,7 +112,8 @@ class RejectedLog:
 
         Args:
             reason: the short error code the client got (e.g. "invalid_event").
-            body: the request body as received (decoded if it was gzip).
+            body: the request body, decoded if it was gzip; as received when it could not
+                be decoded (the reason then says why: bad_gzip, unsupported_encoding).
             errors: the per-event errors of the 400, if any.
             remote: the client address.
             path: the request path.
