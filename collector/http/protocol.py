@@ -20,10 +20,12 @@ mark, asyncio calls `pause_writing`; we then stop reading too, so a client that 
 its responses cannot make us buffer without bound.
 
 Timeouts (a deadline per connection, checked by one sweeper task per worker a few times a
-second, so requests create no timer objects): idle keep-alive between requests; a header
-timeout armed at the first byte of a request and *not* re-armed by later bytes (a slowloris
-client sending a byte every few seconds still hits it); a body timeout re-armed on every chunk
-of body (a slow but progressing upload is fine, a stalled one is not).
+second, so requests create no timer objects): a new connection must complete its first
+request's head within the header timeout of connecting (closed silently if it sent nothing);
+idle keep-alive between requests; a header timeout armed at the first byte of a request and
+*not* re-armed by later bytes (a slowloris client sending a byte every few seconds still hits
+it); a body timeout re-armed on every chunk of body (a slow but progressing upload is fine, a
+stalled one is not).
 
 Errors: a `ProtocolError` from the parser becomes its status (400/413/414/431/501/505) with the
 JSON error body, and the connection closes, since the framing can no longer be trusted. Any
@@ -101,7 +103,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "state", "loop", "parser", "transport", "client", "head", "parts", "busy",
         "write_paused", "read_paused", "deadline", "timer_kind", "continue_sent", "closed",
-        "started", "label",
+        "started", "label", "first_deadline",
     )
 
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
@@ -123,6 +125,9 @@ class HttpProtocol(asyncio.Protocol):
         self.started = 0.0
         self.label = ""
         """The metrics label of the request whose Deferred response is pending."""
+        self.first_deadline = 0.0
+        """Until the first response: when the first request's head must be complete (connect
+        time + header timeout; blank lines do not move it). 0 once served."""
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -148,6 +153,7 @@ class HttpProtocol(asyncio.Protocol):
         state.connections.add(self)
         state.metrics.inc("collector_connections_opened_total")
         t.set_write_buffer_limits(high=state.write_buffer_high)
+        self.first_deadline = self.loop.time() + state.header_timeout
         self._arm(_FIRST)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -228,7 +234,9 @@ class HttpProtocol(asyncio.Protocol):
                 if self.state.stopping:
                     self._close()
                     return
-                self._arm(_IDLE)
+                # Blank lines before a first request ("\r", then "\n") leave nothing buffered:
+                # the connection still owes its first request, by the same deadline.
+                self._arm(_FIRST if self.first_deadline else _IDLE)
             return
         # Mid-body: progress re-arms the body timer; send 100 Continue lazily, only once we
         # actually need the body (uvicorn does the same).
@@ -320,6 +328,7 @@ class HttpProtocol(asyncio.Protocol):
     def _respond(self, resp: Response, label: str) -> None:
         head = self.head
         assert head is not None
+        self.first_deadline = 0.0
         keep_alive = head.keep_alive and not resp.close and not self.state.stopping
         self._write_now(resp, keep_alive=keep_alive, http10=head.version == "1.0",
                         head_only=head.method == "HEAD")
@@ -382,6 +391,9 @@ class HttpProtocol(asyncio.Protocol):
         # a request costs one loop.time() instead of creating and cancelling a timer.
         s = self.state
         self.timer_kind = kind
+        if self.first_deadline and kind != _BODY:
+            self.deadline = self.first_deadline  # (see first_deadline)
+            return
         self.deadline = self.loop.time() + (s.keepalive_timeout, s.header_timeout,
                                              s.body_timeout, s.header_timeout)[kind]
 
@@ -404,6 +416,7 @@ class HttpProtocol(asyncio.Protocol):
         what = "the request head" if kind == _HEADER else "the request body"
         if self.head is None:
             self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
+            self.started = self.loop.time()  # (as in _protocol_error)
         self._respond(error_response(
             408, "request_timeout",
             f"{what} did not arrive in time; send the whole request without pauses",

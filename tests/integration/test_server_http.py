@@ -638,6 +638,22 @@ def test_connection_that_never_sends_is_closed(slow_srv: ServerProcess, rawconn:
     assert conn.wait_closed(timeout=8.0)
 
 
+def test_a_header_timeout_is_timed_from_the_timeout_in_the_histogram(
+        slow_srv: ServerProcess, rawconn: Connect) -> None:
+    """Like a parser refusal, a 408 before a complete head has no request start of its own:
+    it used to be timed from the loop's epoch (the host's uptime)."""
+    def duration_sum() -> float:
+        text = slow_srv.request("GET", "/metrics")[2].decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("collector_request_duration_seconds_sum"))
+
+    before = duration_sum()
+    conn = rawconn(slow_srv.port)
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert conn.read_response(timeout=8.0).status == 408
+    assert duration_sum() - before < 5.0
+
+
 def test_a_new_connection_gets_the_header_timeout_for_its_first_request(
         patient_srv: ServerProcess, rawconn: Connect) -> None:
     """Not the keep-alive timeout, which is for clients that were served: a connection that
@@ -645,10 +661,15 @@ def test_a_new_connection_gets_the_header_timeout_for_its_first_request(
     silent = rawconn(patient_srv.port)
     blank = rawconn(patient_srv.port)
     blank.send(b"\r\n")
+    split = rawconn(patient_srv.port)  # "\r" arms the header timer, "\n" empties the buffer
+    split.send(b"\r")
+    time.sleep(0.3)
+    split.send(b"\n")
     served = rawconn(patient_srv.port)
     assert served.exchange(request_bytes("GET", "/healthz")).status == 200
     assert silent.wait_closed(timeout=8.0), "a silent new connection outlived the 1 s timeout"
     assert blank.wait_closed(timeout=8.0)
+    assert split.wait_closed(timeout=8.0), "blank lines bought a keep-alive timeout"
     assert not served.wait_closed(timeout=0.5), "a served connection lost its keep-alive"
     assert served.exchange(request_bytes("GET", "/healthz")).status == 200
 
