@@ -90,13 +90,14 @@ _INT_TS = b'%d,"params":'
 
 _CLASSES = bytes(
     48 if byte in b"0123456789" else 101 if byte in b"eE" else 123 if byte in b"{[" else
-    125 if byte == 125 else 33 if byte in b"\\\n\r" else 10 if byte == 0 else 32
+    125 if byte == 125 else 33 if byte in b"\\\n\r" else 10 if byte == 0 else
+    34 if byte == 34 else 32
     for byte in range(256))
 """The character classes of params' JSON that the checks look at, so that one translate
 serves them all: digits map to "0", the exponent letters to "e", both opening brackets to
-"{", "}" stays, a backslash or a raw line break becomes "!", the NUL that separates params
-joined together (JSON text never holds one) becomes a newline, and every other byte a space
-(searches then skip through it quickly)."""
+"{", "}" and the quote stay, a backslash or a raw line break becomes "!", the NUL that
+separates params joined together (JSON text never holds one) becomes a newline, and every
+other byte a space (searches then skip through it quickly)."""
 _SEPARATOR = b"\x00"
 _SUSPECT = b"!"
 """A raw line break (it would split the NDJSON line; a backslash maps here too, though a body
@@ -105,8 +106,11 @@ _LONG_DIGITS = b"0" * 19
 """A run of digits this long might be an integer outside 64 bits (-9223372036854775809 has
 19), which orjson, and so the slow path and the loader, reads as a float: such params are
 re-serialized, so that the segment holds what the store will hold, and a run past a double's
-range is refused as the slow path refuses it. (Digits inside strings look the same here: a
-false alarm costs one orjson round trip.)"""
+range is refused as the slow path refuses it. A number starts after ":", ",", "[", a space or
+"-" (all " " or "{" here); a run right after a quote is a string such as a 19-digit id, left
+alone. (Other digits inside strings may look like a number: a false alarm costs one orjson
+round trip.)"""
+_NUMBER_RUNS = (b" " + _LONG_DIGITS, b"{" + _LONG_DIGITS)
 _DIGIT_EXPONENT = b"0e"
 """A digit then an exponent letter: a number in exponent notation might overflow (`1e400`)."""
 _GROUP = 16
@@ -337,7 +341,13 @@ def _looks_suspect(classes: bytes) -> bool:
     """Whether params mapped to `_CLASSES` may hold JSON that orjson reads differently from a
     byte copy, or refuses: then `_reserialized` looks at each of them."""
     return classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or \
-        classes.find(_LONG_DIGITS) >= 0
+        _long_number(classes)
+
+
+def _long_number(classes: bytes) -> bool:
+    """Whether params mapped to `_CLASSES` may hold a number of 19 digits or more."""
+    return classes.find(_LONG_DIGITS) >= 0 and (
+        classes.find(_NUMBER_RUNS[0]) >= 0 or classes.find(_NUMBER_RUNS[1]) >= 0)
 
 
 def _suspect(data: msgspec.Raw | bytes) -> bool:
@@ -351,7 +361,7 @@ def _suspect(data: msgspec.Raw | bytes) -> bool:
     if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
         return True
     classes = raw.translate(_CLASSES)
-    return classes.find(_DIGIT_EXPONENT) >= 0 or classes.find(_LONG_DIGITS) >= 0
+    return classes.find(_DIGIT_EXPONENT) >= 0 or _long_number(classes)
 
 
 def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:

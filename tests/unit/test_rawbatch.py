@@ -793,3 +793,21 @@ def test_id_pieces_put_the_opening_before_each_id(opening: bytes) -> None:
     heads, tails = _id_pieces(ids, opening)
     assert [h + t for h, t in zip(heads, tails, strict=True)] == [
         b'%b%d",' % (opening, i) for i in ids]
+
+
+@pytest.mark.parametrize("params, verbatim", [
+    (b'{"order": "7123456789012345995"}', True),  # a 19-digit id as a string: left alone
+    (b'{"ids": ["7123456789012345995", "x"]}', True),
+    (b'{"n": 18446744073709551616}', False),  # past 64 bits: orjson's float, as the slow path
+    (b'{"n": [-9223372036854775809]}', False),
+    (b'{"n": 0.12345678901234567890123}', False),  # a long fraction: orjson's double
+    (b'{"s": "x7123456789012345995"}', False),  # (a false alarm: safe, re-serialized)
+])
+def test_long_digit_runs_are_re_serialized_only_when_they_may_be_numbers(
+        params: bytes, verbatim: bool) -> None:
+    body = b'{"event_type": "a", "ts": 5, "params": ' + params + b"}"
+    assert agrees(body)
+    one = rawbatch.encode_one(body, RA, LIMITS, lambda: BASE_ID)
+    assert one is not None
+    assert (one.params == params) is verbatim, one.params
+    assert one.params == (params if verbatim else orjson.dumps(orjson.loads(params)))
