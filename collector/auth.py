@@ -60,7 +60,10 @@ def check_read(request: Request, token: str | None, token_file: Path) -> Respons
     if scheme.lower() != "bearer":
         # No credentials of the kind asked for (none, or Basic, ...): 401 says which kind,
         # as RFC 9110 wants; 403 is for a bearer token that is wrong.
-        sent = f" (this request sent {scheme!r} credentials)" if scheme else ""
+        # Named only when it looks like a scheme followed by credentials: a bare token sent
+        # without "Bearer" would otherwise be echoed back.
+        sent = f" (this request sent {scheme!r} credentials)" if (
+            given.strip() and scheme.isalpha() and len(scheme) <= 16) else ""
         return error_response(
             401, "unauthorized",
             f"reading events needs 'Authorization: Bearer <read token>'{sent}; the token is in "

@@ -309,7 +309,10 @@ def load_config(
     built = {s: _build_section(cls, raw[s], s) for s, cls in _SECTIONS.items()}
     # Absolute from here on: children (loader, embedded Redis) and unix:// URLs built from it
     # must not depend on the directory they run in.
-    cfg = Config(data_dir=os.path.abspath(top.get("data_dir", defaults.DATA_DIR)), **built)
+    data_dir = top.get("data_dir", defaults.DATA_DIR)
+    if not isinstance(data_dir, str) or not data_dir:
+        raise ConfigError(f"data_dir must be a directory path (a string), not {data_dir!r}")
+    cfg = Config(data_dir=os.path.abspath(data_dir), **built)
     validate(cfg)
     return cfg
 
@@ -344,7 +347,7 @@ def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:
     changes: dict[str, Any] = {}
     for section, values in sections.items():
         if section == "data_dir":
-            changes["data_dir"] = values
+            changes["data_dir"] = os.path.abspath(str(values))
             continue
         changes[section] = replace(getattr(cfg, section), **values)
     return dataclasses.replace(cfg, **changes)

@@ -129,7 +129,9 @@ class Supervisor:
         if self.port == 0:
             self.port = _free_port(cfg.server.host)
         env = self._child_env(redis_url)
-        exe = [sys.executable, "-m", "collector"]
+        # The children log at the supervisor's level (`collector --log-level DEBUG serve`).
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        exe = [sys.executable, "-m", "collector", "--log-level", level]
         if cfg.loader.embedded:
             self.loader = Child("loader", [*exe, "loader"], env)
             self.loader.start()

@@ -664,7 +664,7 @@ def _parse_request_line(request_line: bytes) -> tuple[str, str, str]:
         raise _bad_request_line(request_line)
     raw_method, raw_target, raw_version = parts
     method = _METHODS.get(raw_method) or _parse_method(raw_method)
-    version = _VERSIONS.get(raw_version) or _reject_version(raw_version)
+    version = _VERSIONS.get(raw_version) or _other_version(raw_version)
     if raw_target[:1] == b"/" and raw_target.isascii() and b"\t" not in raw_target:
         target = raw_target.decode("latin-1")
     else:
@@ -704,7 +704,7 @@ def _parse_method(raw: bytes) -> str:
     return raw.decode("ascii")
 
 
-def _reject_version(raw: bytes) -> str:
+def _other_version(raw: bytes) -> str:
     """The version of a request line that is not HTTP/1.1 or 1.0: "1.1" for a later 1.x (RFC
     9110 §2.5: process it as the highest minor version implemented); otherwise a 505 for a
     well-formed version we do not speak, a 400 for anything else."""

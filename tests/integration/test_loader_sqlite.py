@@ -483,6 +483,11 @@ async def test_basic_credentials_get_401_naming_the_bearer_scheme(api: Any) -> N
     assert resp.status == 401
     assert ("WWW-Authenticate", "Bearer") in resp.headers
     assert "'Basic' credentials" in orjson.loads(resp.body)["message"]
+    # A token sent without its scheme is not echoed back.
+    req = Request(req.method, req.path, req.query_string,
+                  (*req.headers[:1], (b"authorization", b"s3cr3t-token")), req.body)
+    resp = await api[0][("GET", "/api/events")](req)
+    assert resp.status == 401 and b"s3cr3t" not in resp.body
 
 
 async def test_get_takes_the_same_filters_as_the_query_body(api: Any) -> None:

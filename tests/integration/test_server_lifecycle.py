@@ -26,6 +26,7 @@ import pytest
 from tests.fixtures import rawhttp
 from tests.fixtures.rawhttp import (
     RawConnection,
+    child_pids,
     read_segments,
     request_bytes,
     snowflake_worker,
@@ -258,3 +259,16 @@ def test_relative_data_dir_with_embedded_redis_and_loader(start_server: Start,
         time.sleep(0.2)
     assert stats["total"] == 1, stats  # counted in the embedded Redis
     assert events["total"] == 1, events  # and loaded into the store
+
+
+def test_the_log_level_reaches_every_child(start_server: Start) -> None:
+    """`collector --log-level DEBUG serve` used to log DEBUG in the supervisor only."""
+    server = start_server(args=["--log-level", "DEBUG"],
+                          env={"COLLECTOR_LOADER_EMBEDDED": "true"})
+    wait_started(server)
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                for pid, _ in child_pids(server.proc.pid)]
+    children = [c for c in cmdlines if b"_worker" in c or b"loader" in c]
+    assert len(children) == 2, cmdlines
+    for argv in children:
+        assert argv[argv.index(b"--log-level") + 1] == b"DEBUG", argv

@@ -9,6 +9,7 @@ import pytest
 
 from collector import cli
 from collector.config import load_config
+from collector.errors import ConfigError
 
 
 def data_dir_of(argv: list[str]) -> str:
@@ -52,3 +53,10 @@ def test_a_relative_data_dir_is_made_absolute_against_the_working_directory(
     assert cfg.data_dir == str(tmp_path / "sub" / "d3")
     assert cfg.run_path == tmp_path / "sub" / "d3" / "run"
     assert os.path.isabs(cfg.sqlite_file)
+
+
+def test_a_data_dir_that_is_not_a_path_is_a_configuration_error(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text("data_dir = 5\n")
+    with pytest.raises(ConfigError, match="data_dir must be a directory path"):
+        load_config(conf, env={})
