@@ -30,6 +30,7 @@ from collector import __version__
 from collector.auth import ensure_read_token
 from collector.config import Config
 from collector.embedded_redis import EmbeddedRedis
+from loader.lock import LoaderLock, LockHeld
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,26 @@ class Supervisor:
                 self.redis.stop(timeout=2.0)
 
 
+EXIT_IN_USE = 75
+"""`collector serve`'s exit status when another one already serves the data directory."""
+
+
 def serve(cfg: Config, config_file: str | None) -> int:
-    sup = Supervisor(cfg, config_file)
-    sup.install_signal_handlers()
-    sup.start()
-    return sup.watch()
+    # One supervisor per data directory, taken before anything touches it. A second one
+    # would take the first one's embedded Redis for an orphan and kill it, seal its open
+    # segment under it, and mint the same Snowflake ids into the same streams (acknowledged
+    # events then share an id, and the store keeps one of each).
+    lock = LoaderLock(cfg.run_path / "serve.lock", role="collector serve")
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        print(f"collector serve: {e}; stop it first, or give this one its own --data-dir",
+              file=sys.stderr)
+        return EXIT_IN_USE
+    try:
+        sup = Supervisor(cfg, config_file)
+        sup.install_signal_handlers()
+        sup.start()
+        return sup.watch()
+    finally:
+        lock.release()

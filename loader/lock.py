@@ -1,4 +1,5 @@
-"""One loader per data directory: an exclusive `flock` on `data/run/loader.lock`.
+"""One loader per data directory: an exclusive `flock` on `data/run/loader.lock`. (The same
+lock, on `data/run/serve.lock`, keeps a second `collector serve` off a directory in use.)
 
 Two loaders on one directory would not corrupt the store (inserts are idempotent on the
 Snowflake ID) but they would race on the checkpoint and on retention, and one could delete a
@@ -15,11 +16,11 @@ from pathlib import Path
 
 
 class LockHeld(Exception):
-    """Another process holds the loader lock."""
+    """Another process holds the lock."""
 
-    def __init__(self, path: Path, holder: str) -> None:
+    def __init__(self, path: Path, holder: str, role: str = "loader") -> None:
         super().__init__(
-            f"another loader (pid {holder or 'unknown'}) holds {path}; only one loader may run "
+            f"another {role} (pid {holder or 'unknown'}) holds {path}; only one {role} may run "
             "per data directory"
         )
         self.path = path
@@ -27,8 +28,9 @@ class LockHeld(Exception):
 
 
 class LoaderLock:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, role: str = "loader") -> None:
         self.path = path
+        self.role = role
         self._fd: int | None = None
 
     def acquire(self, *, blocking: bool = False) -> None:
@@ -38,7 +40,8 @@ class LoaderLock:
             LockHeld: not blocking and another process holds it.
         """
         if self._fd is not None:
-            raise RuntimeError("cannot acquire the loader lock: already held by this process")
+            raise RuntimeError(f"cannot acquire the {self.role} lock: already held by this "
+                               "process")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -46,7 +49,7 @@ class LoaderLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise LockHeld(self.path, holder) from None
+            raise LockHeld(self.path, holder, self.role) from None
         except BaseException:
             os.close(fd)
             raise

@@ -272,3 +272,19 @@ def test_the_log_level_reaches_every_child(start_server: Start) -> None:
     assert len(children) == 2, cmdlines
     for argv in children:
         assert argv[argv.index(b"--log-level") + 1] == b"DEBUG", argv
+
+
+def test_a_second_serve_on_the_same_data_directory_is_refused(start_server: Start,
+                                                               rawconn: Connect) -> None:
+    """It used to start: it killed the first one's embedded Redis as an orphan, sealed its open
+    segment under it and minted the same ids into the same stream (acknowledged events lost)."""
+    first = start_server(env={"COLLECTOR_REDIS_ENABLED": "true"})
+    wait_started(first)
+    redis_pid = (first.data_dir / "run" / "redis.pid").read_text().strip()
+    second = start_server(data_dir=first.data_dir, wait=False)
+    assert second.proc.wait(30) == 75
+    assert "another collector serve (pid" in second.log()
+    assert "own --data-dir" in second.log()
+    assert (first.data_dir / "run" / "redis.pid").read_text().strip() == redis_pid
+    assert Path(f"/proc/{redis_pid}").exists(), "the first server's Redis was stopped"
+    post(rawconn(first.port), [{"event_type": "still_served"}])
