@@ -256,6 +256,12 @@ class LoaderDaemon:
         self.last_error: str | None = None
         for name, (kind, help_) in _FAMILIES.items():
             self.metrics.describe(name, kind, help_)
+            # Every series exists from the start, at zero: a dashboard or an alert on
+            # `rate(loader_errors_total[5m])` sees 0, not "no data", until the first error.
+            if kind == "counter":
+                self.metrics.inc(name, 0)
+            elif kind == "histogram":
+                self.metrics.histogram(name)
 
     # -- control -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -540,6 +546,9 @@ class LoaderDaemon:
         for name in ("loader_lag_bytes", "loader_lag_events", "loader_lag_seconds",
                      "loader_events_per_second"):
             self.metrics.set(name, float(status[name.removeprefix("loader_")]))
+        skipped = float(self.tailer.skipped_segments)
+        self.metrics.inc("loader_segments_skipped_total",
+                         skipped - self.metrics.get("loader_segments_skipped_total"))
         return status
 
 
@@ -550,6 +559,7 @@ _FAMILIES = {
     "loader_errors_total": ("counter", "Failed store writes and other loader errors"),
     "loader_bad_lines_total": ("counter", "Segment lines that are not valid events (skipped)"),
     "loader_segments_deleted_total": ("counter", "Segments deleted by retention"),
+    "loader_segments_skipped_total": ("counter", "Segments that vanished before fully loaded"),
     "loader_analytics_batches_total": ("counter",
                                        "Loaded batches folded into the analytics tables"),
     "loader_lag_bytes": ("gauge", "Segment bytes written but not yet loaded"),

@@ -74,6 +74,10 @@ def fill_metrics(metrics: Metrics, status: dict[str, Any] | None, now: float) ->
         field = name.removeprefix("loader_").removesuffix("_total")
         if name == "loader_up" or field not in status:
             continue
+        if kind == "gauge" and not fresh:
+            # A stopped loader's last lag (often 0: it had caught up) is not today's lag;
+            # no sample beats a wrong one. Counters stay: totals do not go stale.
+            continue
         value = float(status[field])
         if kind == "counter":
             metrics.inc(name, value - metrics.get(name))

@@ -381,6 +381,13 @@ def test_status_file_reports_positions_lag_and_counts(data_dir: Path, stream: St
     assert metrics.get("loader_lag_bytes") == status["lag_bytes"]
     fill_metrics(metrics, status, loader_clock.time() + 60)
     assert metrics.get("loader_up") == 0
+    # A stale status (the loader is down): its totals still hold, its last lag does not.
+    stale = Metrics()
+    fill_metrics(stale, status, loader_clock.time() + 60)
+    snapshot = stale.snapshot()
+    assert snapshot["loader_lag_bytes"]["values"] == []
+    assert snapshot["loader_lag_events"]["values"] == []
+    assert stale.get("loader_events_loaded_total") == 4
     store.close()
 
 
@@ -421,6 +428,11 @@ def test_main_serves_metrics_and_stops_on_sigterm(data_dir: Path, stream: Stream
         helper.join()
     assert result == [0]
     assert "loader_events_loaded_total 5" in text[-1]
+    # Counters that never moved are there at zero (alerts see 0, not "no data").
+    for zero in ("loader_errors_total 0", "loader_bad_lines_total 0",
+                 "loader_segments_deleted_total 0", "loader_segments_skipped_total 0"):
+        assert f"\n{zero}\n" in text[-1], zero
+    assert "\nloader_batch_seconds_count " in text[-1]
     assert SQLiteStore(cfg.sqlite_file, readonly=True).count() == 5
 
 
