@@ -27,7 +27,8 @@ both on generated bodies):
   surrogate escapes (so a body with any backslash goes to the slow path), and numbers past a
   double's range such as `1e400` (a params whose digits look like one is re-serialized by
   orjson, which then accepts it or says no for the whole body). It also reads an integer
-  outside 64 bits as a float: a params with a run of 19 digits or more is re-serialized too.
+  outside 64 bits as a float: a params with a number of 19 digits or more is re-serialized
+  too (`_LONG_DIGITS`).
   A raw line break between the tokens of a params would split the NDJSON line: such a
   params is re-serialized as well.
 * A field given twice: msgspec keeps the last value, as orjson does, but only skims an

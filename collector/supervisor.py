@@ -49,9 +49,13 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    pass_fds: tuple[int, ...] = ()
+    """Descriptors the child keeps open: the serve lock, so that it outlives the supervisor
+    for as long as any child still writes (a flock belongs to the open file)."""
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_child_setup)
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_child_setup,
+                                     pass_fds=self.pass_fds)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -88,9 +92,11 @@ def _free_port(host: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, config_file: str | None) -> None:
+    def __init__(self, cfg: Config, config_file: str | None, *,
+                 hold_fds: tuple[int, ...] = ()) -> None:
         self.cfg = cfg
         self.config_file = config_file
+        self.hold_fds = hold_fds
         self.workers: list[Child] = []
         self.loader: Child | None = None
         self.redis: EmbeddedRedis | None = None
@@ -134,12 +140,13 @@ class Supervisor:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         exe = [sys.executable, "-m", "collector", "--log-level", level]
         if cfg.loader.embedded:
-            self.loader = Child("loader", [*exe, "loader"], env)
+            self.loader = Child("loader", [*exe, "loader"], env, pass_fds=self.hold_fds)
             self.loader.start()
         for i in range(cfg.server.workers):
             ready = cfg.run_path / f"ready-{i}"
             child = Child(f"worker {i}",
-                          [*exe, "_worker", "--index", str(i), "--ready-file", str(ready)], env)
+                          [*exe, "_worker", "--index", str(i), "--ready-file", str(ready)], env,
+                          pass_fds=self.hold_fds)
             child.start()
             self.workers.append(child)
         self._wait_ready()
@@ -305,8 +312,12 @@ def serve(cfg: Config, config_file: str | None) -> int:
         print(f"collector serve: {e}; stop it first, or give this one its own --data-dir",
               file=sys.stderr)
         return EXIT_IN_USE
+    except OSError as e:
+        print(f"collector serve: cannot lock {lock.path}: {e.strerror or e}; check that the "
+              "data directory is writable", file=sys.stderr)
+        return 1
     try:
-        sup = Supervisor(cfg, config_file)
+        sup = Supervisor(cfg, config_file, hold_fds=(lock.fileno(),))
         sup.install_signal_handlers()
         sup.start()
         return sup.watch()

@@ -57,6 +57,12 @@ class LoaderLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The locked descriptor (to hand to child processes, which then hold the lock too)."""
+        if self._fd is None:
+            raise RuntimeError(f"the {self.role} lock is not held")
+        return self._fd
+
     def release(self) -> None:
         if self._fd is None:
             return

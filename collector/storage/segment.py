@@ -117,7 +117,7 @@ class Segment:
     """
 
     __slots__ = ("directory", "first_id", "path", "opened_at", "_fd", "_size", "_ops",
-                 "_dir_synced")
+                 "_dir_synced", "_names_checkable")
 
     def __init__(
         self, directory: Path, first_id: int, fd: int, opened_at: float, ops: FileOps
@@ -131,6 +131,8 @@ class Segment:
         self._size = 0
         self._ops = ops
         self._dir_synced = False
+        self._names_checkable = True
+        """False where the path and the open file never compared equal (see create)."""
 
     @classmethod
     def create(
@@ -154,7 +156,16 @@ class Segment:
             fd = os.open(path, _CREATE_FLAGS, _FILE_MODE)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create segment {path}: {_describe(exc)}") from exc
-        return cls(directory, first_id, fd, clock.monotonic(), ops)
+        segment = cls(directory, first_id, fd, clock.monotonic(), ops)
+        try:
+            segment.check_named()
+        except StorageUnavailable:
+            # A filesystem whose stat and fstat disagree (some FUSE or overlay setups): the
+            # check would fail at every tick and flap the writer, so it is off for this file.
+            segment._names_checkable = False
+            logger.warning("segment %s: stat and fstat disagree on this filesystem; a moved "
+                           "segment directory will not be noticed", path)
+        return segment
 
     @property
     def size(self) -> int:
@@ -207,7 +218,7 @@ class Segment:
             StorageUnavailable: the path is gone or names another file.
         """
         fd = self._fd
-        if fd < 0:
+        if fd < 0 or not self._names_checkable:
             return
         try:
             named = os.stat(self.path)
@@ -278,6 +289,9 @@ class Segment:
         """
         try:
             self.fsync()
+            # Rename only the file written here: after the directory was swapped for a copy,
+            # the name holds another file, and sealing it would stand for bytes it lacks.
+            self.check_named()
         finally:
             self.close()
         sealed = self.directory / segment_name(self.first_id, sealed=True)

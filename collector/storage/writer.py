@@ -308,7 +308,10 @@ class SegmentWriter:
     # --- periodic work ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Roll the active segment by age, or probe while unavailable; call about once a second."""
+        """Roll the active segment by age, or probe while unavailable; call about once a second.
+
+        Also checks that the active segment's path still names its open file: a moved or
+        replaced segment directory does not fail an append (see Segment.check_named)."""
         if self._closed:
             return
         if not self._available:

@@ -288,3 +288,20 @@ def test_a_second_serve_on_the_same_data_directory_is_refused(start_server: Star
     assert (first.data_dir / "run" / "redis.pid").read_text().strip() == redis_pid
     assert Path(f"/proc/{redis_pid}").exists(), "the first server's Redis was stopped"
     post(rawconn(first.port), [{"event_type": "still_served"}])
+
+
+def test_the_serve_lock_lasts_while_an_orphaned_worker_finishes(start_server: Start,
+                                                                 rawconn: Connect) -> None:
+    """The workers hold the lock too: after the supervisor is killed, a worker finishing an
+    in-flight request (up to shutdown_timeout) must not meet a new worker 0 on its stream."""
+    first = start_server()
+    wait_started(first)
+    (worker,) = worker_pids(first)
+    slow = rawconn(first.port)
+    slow.send(b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(0.3)
+    os.kill(first.proc.pid, signal.SIGKILL)  # the supervisor only
+    first.proc.wait()
+    second = start_server(data_dir=first.data_dir, wait=False)
+    assert second.proc.wait(30) == 75, second.log()
+    assert Path(f"/proc/{worker}").exists(), "the worker was gone: the test proves nothing"

@@ -396,6 +396,21 @@ async def test_a_replaced_directory_is_noticed_by_the_tick(seg_dir: Path) -> Non
     assert not writer.available and "another file" in (writer.last_error or "")
 
 
+async def test_a_directory_swapped_for_a_copy_fails_the_waiting_requests(seg_dir: Path) -> None:
+    """The copy holds the segment's name but not the bytes appended after the copy was made:
+    sealing it would acknowledge them. The seal renames only the file it wrote."""
+    writer = make_writer(seg_dir, FakeClock(), "fsync", fsync_max_delay=2.0)
+    waiting = writer.write(line(0), snowflake(0))  # appended; its commit starts in 2 s
+    copy = seg_dir.with_name("copy")
+    shutil.copytree(seg_dir, copy)
+    seg_dir.rename(seg_dir.with_name("original"))
+    copy.rename(seg_dir)
+    writer.tick()
+    (result,) = await settle([waiting])
+    assert isinstance(result, StorageUnavailable), result
+    assert open_files(seg_dir) == [segment_name(snowflake(0), sealed=False)]  # not sealed
+
+
 async def test_fsync_of_a_segment_deleted_under_us_fails_its_waiters(seg_dir: Path) -> None:
     fsync = GatedFsync()
     writer = make_writer(seg_dir, FakeClock(), "fsync", ops=FileOps(fsync=fsync))
