@@ -304,22 +304,31 @@ def serve(cfg: Config, config_file: str | None) -> int:
     # One supervisor per data directory, taken before anything touches it. A second one
     # would take the first one's embedded Redis for an orphan and kill it, seal its open
     # segment under it, and mint the same Snowflake ids into the same streams (acknowledged
-    # events then share an id, and the store keeps one of each).
-    lock = LoaderLock(cfg.run_path / "serve.lock", role="collector serve")
+    # events then share an id, and the store keeps one of each). A segment directory outside
+    # the data directory (an absolute segments.dir) is locked too: two data directories may
+    # share it.
+    paths = [cfg.run_path / "serve.lock"]
+    if not cfg.segments_path.resolve().is_relative_to(cfg.data_path.resolve()):
+        paths.append(cfg.segments_path / ".serve.lock")
+    locks: list[LoaderLock] = []
     try:
-        lock.acquire()
-    except LockHeld as e:
-        print(f"collector serve: {e}; stop it first, or give this one its own --data-dir",
-              file=sys.stderr)
-        return EXIT_IN_USE
-    except OSError as e:
-        print(f"collector serve: cannot lock {lock.path}: {e.strerror or e}; check that the "
-              "data directory is writable", file=sys.stderr)
-        return 1
-    try:
-        sup = Supervisor(cfg, config_file, hold_fds=(lock.fileno(),))
+        for path in paths:
+            lock = LoaderLock(path, role="collector serve")
+            try:
+                lock.acquire()
+            except LockHeld as e:
+                print(f"collector serve: {e}; stop it first, or give this one its own "
+                      "--data-dir (and segments.dir)", file=sys.stderr)
+                return EXIT_IN_USE
+            except OSError as e:
+                print(f"collector serve: cannot lock {path}: {e.strerror or e}; check that "
+                      "the data and segment directories are writable", file=sys.stderr)
+                return 1
+            locks.append(lock)
+        sup = Supervisor(cfg, config_file, hold_fds=tuple(lock.fileno() for lock in locks))
         sup.install_signal_handlers()
         sup.start()
         return sup.watch()
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()

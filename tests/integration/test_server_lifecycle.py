@@ -305,3 +305,16 @@ def test_the_serve_lock_lasts_while_an_orphaned_worker_finishes(start_server: St
     second = start_server(data_dir=first.data_dir, wait=False)
     assert second.proc.wait(30) == 75, second.log()
     assert Path(f"/proc/{worker}").exists(), "the worker was gone: the test proves nothing"
+
+
+def test_two_data_directories_sharing_a_segment_directory_are_refused(
+        start_server: Start, tmp_path: Path) -> None:
+    """segments.dir may be absolute: two data directories can name the same one, and their
+    worker 0s would mint the same ids into it."""
+    shared = {"COLLECTOR_SEGMENTS_DIR": str(tmp_path / "shared-segments")}
+    first = start_server(env=shared)
+    wait_started(first)
+    second = start_server(env=shared, data_dir=tmp_path / "other", wait=False)
+    assert second.proc.wait(30) == 75, second.log()
+    assert "shared-segments/.serve.lock" in second.log()
+    assert first.request("GET", "/healthz")[0] == 200
