@@ -54,7 +54,9 @@ def offset_intervals(tz: ZoneInfo, start: float, end: float) -> Intervals:
         nxt = min(t + SAMPLE_STEP, end)
         if utc_offset(tz, nxt) != current:
             # Offsets change on whole seconds: bisect for the first second with a new one.
-            lo, hi = math.floor(t), nxt
+            # Both ends whole (the change is at a second <= nxt, and the next one is months
+            # away): with a fractional `hi`, floor((lo + hi) / 2) could equal `lo` for ever.
+            lo, hi = math.floor(t), math.ceil(nxt)
             while hi - lo > 1:
                 mid = math.floor((lo + hi) / 2)
                 if utc_offset(tz, mid) == current:

@@ -4,6 +4,7 @@ the stores (loader/analytics/common.py): pure functions, no store."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -158,6 +159,27 @@ def test_offset_pieces_of_new_york_around_both_changes() -> None:
         (utc(2024, 3, 10, 7), -4 * 3600),
         (utc(2024, 11, 3, 6), -5 * 3600),
     ]
+
+
+@pytest.mark.parametrize("zone, start, end, change", [
+    ("America/New_York", 1772931600.5, 1773000000, 1772953200),
+    ("America/New_York", 1772866800.001, 1772953200.001, 1772953200),
+    ("Australia/Lord_Howe", 1775311200, 1775314800.25, 1775314800),
+])
+def test_offset_pieces_with_fractional_bounds_near_a_change(zone: str, start: float, end: float,
+                                                           change: int) -> None:
+    """A bound with a fraction within a second after a change made the bisection loop for
+    ever (a query thread at 100% CPU; six of them blocked every read)."""
+    result: list[common.Intervals] = []
+    worker = threading.Thread(target=lambda: result.append(
+        common.offset_intervals(ZoneInfo(zone), start, end)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert result, "offset_intervals did not return"
+    (pieces,) = result
+    assert [t for t, _ in pieces] == [start, change]
+    tz = ZoneInfo(zone)
+    assert common.utc_offset(tz, change - 1) != common.utc_offset(tz, change) == pieces[1][1]
 
 
 def test_offset_pieces_of_a_zone_without_changes() -> None:
