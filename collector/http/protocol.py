@@ -230,7 +230,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.parser.buffered:
                 if self.timer_kind != _HEADER:
                     self._arm(_HEADER)
-            elif self.timer_kind != _IDLE and self.timer_kind != _FIRST:
+            elif self.timer_kind not in (_IDLE, _FIRST):
                 if self.state.stopping:
                     self._close()
                     return
@@ -349,13 +349,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def _protocol_error(self, e: ProtocolError) -> None:
         self.state.metrics.inc("collector_protocol_errors_total", status=str(e.status_hint))
+        self._head_for_error()
+        self._respond(error_response(e.status_hint, e.code, e.message, close=True), "invalid")
+
+    def _head_for_error(self) -> None:
+        """Before answering an error that came before a full head: answer as HTTP/1.1 (and
+        close), timed from now. `started` is the previous request's, or 0.0 (the loop's epoch)
+        on a new connection, which put hours into the latency histogram."""
         if self.head is None:
-            # The error came before a full head; answer as HTTP/1.1 and close. Its latency
-            # starts now: `started` is the previous request's (or 0.0, the loop's epoch, on a
-            # new connection), which put hours into the latency histogram.
             self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
             self.started = self.loop.time()
-        self._respond(error_response(e.status_hint, e.code, e.message, close=True), "invalid")
 
     # -- connection lifecycle ------------------------------------------------------------------
 
@@ -414,9 +417,7 @@ class HttpProtocol(asyncio.Protocol):
         self.state.metrics.inc("collector_timeouts_total",
                                phase="header" if kind == _HEADER else "body")
         what = "the request head" if kind == _HEADER else "the request body"
-        if self.head is None:
-            self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
-            self.started = self.loop.time()  # (as in _protocol_error)
+        self._head_for_error()
         self._respond(error_response(
             408, "request_timeout",
             f"{what} did not arrive in time; send the whole request without pauses",
