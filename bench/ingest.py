@@ -12,6 +12,9 @@ Rows (the targets of issues 2 and 3; bench/README.md says what each one means):
     f  collector with Redis stats on (embedded redis-server), and Redis commands/s at full load
        and at about half that request rate
     g  overload: 256 connections for --overload-duration seconds, peak RSS of the server tree
+    m  the minimal hand-written uvloop server of issue 2's yardstick (bench/reference_minimal.py:
+       validate, append, 202), one event per request
+    n  the same, batches of 100 events per request
 
 Method, in short: the server under test (its whole process tree) runs on one CPU through
 `taskset`, wrk and this script on another. Each server is started fresh for each run, warmed
@@ -80,7 +83,7 @@ class Row:
 
     key: str
     title: str
-    server: str  # "collector" | "fastapi" | "nginx"
+    server: str  # "collector" | "fastapi" | "nginx" | "minimal"
     script: str
     events_per_request: int = 1
     connections: int = 64
@@ -101,6 +104,9 @@ ROWS: dict[str, Row] = {r.key: r for r in (
         env=(("COLLECTOR_REDIS_ENABLED", "true"),), redis_rates=True),
     Row("g", "collector, overload 256 conns", "collector", "event.lua", connections=256,
         overload=True),
+    Row("m", "minimal uvloop server (yardstick)", "minimal", "event.lua"),
+    Row("n", "minimal server, 100 events/req", "minimal", "batch100.lua",
+        events_per_request=100),
 )}
 
 # -- installing what the benchmark needs ----------------------------------------------------------
@@ -244,6 +250,13 @@ def _fastapi_cmd(workdir: Path, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
+def _minimal_cmd(workdir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "BENCH_EVENTS_FILE": str(workdir / "events.ndjson")}
+    argv = [sys.executable, str(BENCH / "reference_minimal.py"), "--host", "127.0.0.1",
+            "--port", str(port)]
+    return argv, env
+
+
 def _nginx_cmd(workdir: Path, port: int) -> tuple[list[str], dict[str, str]]:
     nginx = _find_nginx()
     if nginx is None:
@@ -268,6 +281,7 @@ def started(row: Row, pin: Pinning, data_root: Path, timeout: float = 60.0) -> I
     builders: dict[str, Callable[[Path, int], tuple[list[str], dict[str, str]]]] = {
         "fastapi": _fastapi_cmd,
         "nginx": _nginx_cmd,
+        "minimal": _minimal_cmd,
     }
     try:
         if row.server == "collector":
@@ -566,6 +580,18 @@ def checks(runs: list[Measure]) -> list[Check]:
         out.append(_ratio_check(runs, "a", "c", "a/c collector / nginx (ceiling)", None))
     if {"b", "c"} <= keys:
         out.append(_ratio_check(runs, "b", "c", "b/c FastAPI / nginx", None))
+    if {"m", "b"} <= keys:
+        out.append(_ratio_check(runs, "m", "b",
+                                "m/b minimal / FastAPI (issue 2 measured 8.8-10x)", None))
+    if {"a", "m"} <= keys:
+        out.append(_ratio_check(runs, "a", "m", "a/m collector / minimal server", None))
+    if "n" in keys:
+        out.append(Check("n minimal server, batch of 100 events/s",
+                         _fmt(_med(runs, "n", "events_per_s")),
+                         "- (issue 2 measured about 1,000,000)", None))
+    if {"d", "n"} <= keys:
+        out.append(_ratio_check(runs, "d", "n", "d/n collector / minimal server, batches",
+                                None))
     if "d" in keys:
         ev = _med(runs, "d", "events_per_s")
         out.append(Check("d batch of 100 events/s", _fmt(ev), ">= 400,000",
