@@ -156,6 +156,11 @@ class KeySpace:
     def hll_key(self, day_start: int) -> str:
         return f"{{{self.prefix}:uniques}}:hll:{format_bucket(day_start, UNIQUES_DAY_FORMAT)}"
 
+    def receipt_key(self, writer: str) -> str:
+        """Where a worker's counters record their last applied flush (collector/storage/
+        counters.py, "Exactly once")."""
+        return f"{{{self.prefix}:receipts}}:{writer}"
+
     def tag(self, name: str) -> str:
         """The hash tag of a granularity (or "uniques"): keys sharing it share a slot."""
         return f"{self.prefix}:{name}"

@@ -9,15 +9,24 @@ Theory of operation
 
     `flush()` folds what `add()` gathered into the *pending* state (key -> field -> count,
     bitmap and HyperLogLog members per day key, key -> deadline for the EXPIRE) and sends all
-    of it (up to MAX_COMMANDS writes) in one `pipeline(transaction=False)`: HINCRBY per (key,
-    field), BITFIELD SET for bitmap members, PFADD for HyperLogLog members, EXPIRE per touched
-    key. So the number of round trips is one per tick whatever the request rate, and the
-    number of commands grows with the number of distinct buckets and types, not with events.
-    Results are checked one by one (`execute(raise_on_error=False)`): what succeeded leaves the
-    pending state, what failed stays for the next tick. A retry is wrong only when Redis
-    applied a command whose answer was lost (a timeout mid-pipeline): that HINCRBY is then
-    applied twice (SETBIT and PFADD are idempotent). `collector stats rebuild` repairs any
-    window from the segments.
+    of it (up to MAX_COMMANDS writes) in one pipeline: HINCRBY per (key, field), BITFIELD SET
+    for bitmap members, PFADD for HyperLogLog members, EXPIRE per touched key. So the number
+    of round trips is one per tick whatever the request rate, and the number of commands
+    grows with the number of distinct buckets and types, not with events. Results are checked
+    one by one (`execute(raise_on_error=False)`): what succeeded leaves the pending state
+    (the amounts sent are subtracted), what failed stays for the next tick.
+
+Exactly once
+    A flush whose answer is lost (a timeout: Redis was slow, not down) may have been applied
+    all the same, and sending its HINCRBYs again would count them twice (SETBIT and PFADD are
+    idempotent, HINCRBY is not). So against one Redis server the pipeline is a MULTI/EXEC
+    transaction that ends by setting this worker's *receipt* key to the flush's sequence
+    number: applied whole or not at all. After a failed flush the next one first reads the
+    receipt: the flush was applied (its amounts leave the pending state) or it was not (they
+    are sent again); while the receipt cannot be read, nothing is sent. A Redis Cluster
+    spreads the keys over slots, where a transaction cannot reach: there the pipeline is
+    plain, and a timeout can still count a flush twice (`collector stats rebuild` repairs
+    any window from the segments).
 
 Redis trouble
     Redis down, slow, out of memory or read-only never reaches ingestion: `add()` is pure
@@ -41,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from itertools import islice, repeat
@@ -66,6 +76,14 @@ per tick instead of in one huge pipeline that would outlast the socket timeout, 
 retried whole forever (each time possibly half-applied by Redis)."""
 
 _OK = "ok"
+
+RECEIPT_SECONDS = 86400
+"""Lifetime of a worker's receipt key (see Exactly once): far longer than any wait for the
+outcome of a flush; refreshed by every flush."""
+
+_Op = tuple[str, str, Any]
+"""One command of a flush: (kind, key, what it acknowledges). Kinds: "h" HINCRBY (what:
+(field, amount)), "b" BITFIELD and "p" PFADD (what: the members), "e" EXPIRE."""
 
 
 class StatsCounters:
@@ -118,6 +136,12 @@ class StatsCounters:
 
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._atomic = not _is_cluster(client)
+        self._receipt = self._keys.receipt_key(uuid.uuid4().hex)
+        """Holds the sequence number of this worker's last applied flush (see Exactly once)."""
+        self._seq = 0
+        self._unsure: tuple[str, list[_Op]] | None = None
+        """(sequence number, ops) of a transaction whose outcome is not known yet."""
         self._failing = False
         self._failures = 0
         self._dropping = False
@@ -299,15 +323,41 @@ class StatsCounters:
             if not self._expire:
                 self._metrics.set("collector_stats_pending_keys", self._size)
                 return
-            pipe = self._client.pipeline(transaction=False)
+            if self._unsure is not None and not await self._resolve_unsure():
+                self._metrics.set("collector_stats_pending_keys", self._size)
+                return
+            pipe = self._client.pipeline(transaction=self._atomic)
             ops = self._queue(pipe, now)
+            if self._atomic:
+                # Unsure from here until Redis answers: a timeout, an error or a cancellation
+                # (close() bounds the last flush) may come after Redis applied it.
+                self._seq += 1
+                self._unsure = (str(self._seq), ops)
+                pipe.set(self._receipt, self._unsure[0], ex=RECEIPT_SECONDS)
             try:
                 results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as e:
                 self._failed(e, commands=1)
             else:
-                self._settle(ops, results)
+                self._unsure = None
+                self._settle(ops, results[:len(ops)])
             self._metrics.set("collector_stats_pending_keys", self._size)
+
+    async def _resolve_unsure(self) -> bool:
+        """Whether the transaction of a failed flush is known now: applied (its amounts leave
+        the pending state) or not (they stay, to be sent again). False while the receipt
+        cannot be read: then nothing is sent, lest it be counted twice."""
+        assert self._unsure is not None
+        seq, ops = self._unsure
+        try:
+            receipt = await self._client.get(self._receipt)
+        except (RedisError, OSError) as e:
+            self._failed(e, commands=1)
+            return False
+        self._unsure = None
+        if receipt in (seq, seq.encode()):
+            self._settle(ops, [True] * len(ops))
+        return True
 
     # --- folding gathered counts into the pending state ------------------------------------
 
@@ -390,11 +440,11 @@ class StatsCounters:
 
     # --- one pipeline -----------------------------------------------------------------------
 
-    def _queue(self, pipe: Any, now: float) -> list[tuple[str, str, Any]]:
+    def _queue(self, pipe: Any, now: float) -> list[_Op]:
         """Queue pending writes on `pipe`, about MAX_COMMANDS of them; returns one (kind, key,
         what) per command, in command order, so each result can be matched to what it
         acknowledges. What does not fit waits for the next tick."""
-        ops: list[tuple[str, str, Any]] = []
+        ops: list[_Op] = []
         budget = MAX_COMMANDS
         touched: set[str] = set()
         for key, fields in self._pending.items():
@@ -402,7 +452,7 @@ class StatsCounters:
                 break
             for field, n in fields.items():
                 pipe.hincrby(key, field, n)
-                ops.append(("h", key, field))
+                ops.append(("h", key, (field, n)))
             budget -= len(fields)
             touched.add(key)
         for kind, pending in (("b", self._pending_bits), ("p", self._pending_hll)):
@@ -432,8 +482,12 @@ class StatsCounters:
     def _has_writes(self, key: str) -> bool:
         return key in self._pending or key in self._pending_bits or key in self._pending_hll
 
-    def _settle(self, ops: list[tuple[str, str, Any]], results: list[Any]) -> None:
-        """Drop acknowledged writes from the pending state; keep failed ones for next tick."""
+    def _settle(self, ops: list[_Op], results: list[Any]) -> None:
+        """Drop acknowledged writes from the pending state; keep failed ones for next tick.
+
+        The amounts sent are subtracted, not the fields dropped: after a flush of unknown
+        outcome, later counts may have joined the same fields before the outcome is known (and
+        a key past its retention may be gone from the pending state altogether)."""
         errors: list[BaseException] = []
         expired_ok: list[str] = []
         for (kind, key, what), result in zip(ops, results, strict=True):
@@ -441,8 +495,15 @@ class StatsCounters:
                 errors.append(result)
                 continue
             if kind == "h":
-                fields = self._pending[key]
-                del fields[what]
+                fields = self._pending.get(key)
+                field, n = what
+                if fields is None or field not in fields:
+                    continue
+                left = fields[field]
+                if left > n:
+                    fields[field] = left - n
+                    continue
+                del fields[field]
                 self._size -= 1
                 if not fields:
                     del self._pending[key]
@@ -450,15 +511,17 @@ class StatsCounters:
                 expired_ok.append(key)
             else:
                 pending = self._pending_bits if kind == "b" else self._pending_hll
-                members = pending[key]
+                members = pending.get(key)
+                if members is None:
+                    continue
+                self._size -= len(members & what)
                 members -= what
-                self._size -= len(what)
                 if not members:
                     del pending[key]
         for key in expired_ok:
             # A key whose writes failed needs its EXPIRE again after the retry.
             if not self._has_writes(key):
-                del self._expire[key]
+                self._expire.pop(key, None)
         if errors:
             self._failed(errors[0], commands=len(errors))
         else:
@@ -505,6 +568,13 @@ class StatsCounters:
                 "dropped (and counted in collector_stats_dropped_total) until Redis catches up",
                 self._size,
             )
+
+
+def _is_cluster(client: Any) -> bool:
+    """Whether `client` talks to a Redis Cluster (no transaction across slots there)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def _chunks(members: set[Any]) -> Iterable[set[Any]]:
