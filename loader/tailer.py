@@ -19,6 +19,9 @@ Invariants:
   reading the same inode across the rename, so a read in progress is unaffected.
 - A segment that has vanished under both names (deleted by an operator) is skipped, with a
   warning, once a later segment of its stream exists; until then the stream waits.
+- A stream never moves past a segment that one listing missed because it was being sealed
+  while the directory was read: the move to a next segment at the head of a stream is
+  confirmed by a fresh listing (`Tailer._next_after`).
 
 Known limit: a segment whose first id is below its stream's position (a writer restarted with
 its clock stepped back far enough to reuse older ids) is not loaded: it is behind the cursor.
@@ -31,6 +34,7 @@ thousands of files per batch.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +46,10 @@ from loader.checkpoint import Position, StreamKey, stream_of
 
 log = logging.getLogger(__name__)
 
+CONFIRM_WINDOW = 600.0
+"""Seconds: a next segment written to this recently before the listing may have been created
+while the one before it was being sealed (see Tailer._next_after). Far longer than a seal
+(an fsync of one segment) takes."""
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
 
@@ -58,9 +66,11 @@ class SegmentRef:
 
 
 def scan(directory: Path) -> dict[StreamKey, list[SegmentRef]]:
-    """The segments of each stream in first-id order. A file that disappears during the scan is
-    left out; when both names of one segment are seen (a rename between two directory reads)
-    the sealed one wins."""
+    """The segments of each stream in first-id order. When both names of one segment are seen
+    (a rename between two directory reads) the sealed one wins.
+
+    Not a snapshot: a segment renamed (sealed) while the directory is read may be missing
+    from the result under both names. See `Tailer._next_after` for how that is dealt with."""
     found: dict[int, SegmentRef] = {}
     try:
         entries = list(os.scandir(directory))
@@ -73,11 +83,15 @@ def scan(directory: Path) -> dict[StreamKey, list[SegmentRef]]:
         first_id, sealed = parsed
         try:
             st = entry.stat()
+            size, mtime = st.st_size, st.st_mtime
         except FileNotFoundError:
-            continue
+            # Renamed (sealed) or deleted since the directory was read. Kept: left out, a
+            # segment being sealed would look absent, and the stream would move past it.
+            # Opening tries both names; one deleted for good is skipped as vanished.
+            size, mtime = 0, math.inf
         prev = found.get(first_id)
         if prev is None or (sealed and not prev.sealed):
-            found[first_id] = SegmentRef(first_id, sealed, st.st_size, st.st_mtime)
+            found[first_id] = SegmentRef(first_id, sealed, size, mtime)
     streams: dict[StreamKey, list[SegmentRef]] = {}
     for first_id in sorted(found):
         streams.setdefault(stream_of(first_id), []).append(found[first_id])
@@ -109,12 +123,15 @@ class Tailer:
         self._refresh_interval = refresh_interval
         self._listing: dict[StreamKey, list[SegmentRef]] = {}
         self._listed_at: float | None = None
+        self._listed_wall = 0.0
+        """Wall-clock time at which the cached listing was started (file mtimes are wall)."""
         self._avg_line = 256.0
         self._rr = 0
         self.skipped_segments = 0
 
     # -- listing ----------------------------------------------------------------------------
     def refresh(self) -> None:
+        self._listed_wall = self._clock.time()
         self._listing = scan(self.directory)
         self._listed_at = self._clock.monotonic()
 
@@ -218,11 +235,31 @@ class Tailer:
         if len(out.lines) >= max_lines:
             return "full"
         if sealed and pos.offset >= size:
+            nxt = self._next_after(key, pos.segment, nxt)
             if nxt is not None:
                 out.positions[key] = Position(nxt.first_id, 0)
                 return "more"
             return "stale"
         return "stale" if not lines else "idle"
+
+    def _next_after(self, key: StreamKey, segment: int, nxt: SegmentRef | None
+                    ) -> SegmentRef | None:
+        """The segment to move to once `segment` is sealed and fully read: `nxt` of the
+        listing, confirmed by a fresh listing when the listing may have missed one between.
+
+        A directory read is not a snapshot: a segment sealed (renamed) while the directory is
+        read can be missing from it under both names, and the writer seals a segment after it
+        has created the next one. So a listing of X (sealed), Z (new) may lack the Y between
+        them: moving from X to Z would skip Y for good (an audit saw 4 of 680 segments lost
+        so). A rename is atomic and happens once: a listing started after the one that missed
+        Y sees it. Only the head of a stream is being sealed, so a fresh listing is taken only
+        when `nxt` is open or was written to within CONFIRM_WINDOW of the listing: once per
+        segment at the head, never per segment of an old backlog.
+        """
+        if nxt is None or (nxt.sealed and nxt.mtime < self._listed_wall - CONFIRM_WINDOW):
+            return nxt
+        self.refresh()
+        return self._find(key, segment)[1]
 
     def _open(self, ref: SegmentRef | None, segment: int) -> tuple[int, bool] | None:
         """An fd on the segment and whether it was opened under its sealed name.
