@@ -24,6 +24,9 @@ import datetime as _dt
 import math
 from typing import Any
 
+import bson
+import orjson
+from bson.errors import InvalidDocument
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError
@@ -59,6 +62,31 @@ def _group_by_day(match: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+PARAMS_JSON = "params_json"
+"""Where a document keeps params that BSON cannot hold, as JSON text (see _bson_safe)."""
+
+
+def _bson_safe(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc`, with its params as JSON text if BSON cannot encode them.
+
+    The collector accepts any JSON object as params; BSON has no integer past 64 bits signed
+    (2**63 to 2**64-1 reach the loader as ints) and no NUL in a key. Such a document would
+    fail its whole batch for ever, wedging the stream. The event is stored with `params`
+    empty and the exact params in PARAMS_JSON, which reads give back (`_params`); its user
+    is in `user_id` already, for the analytics.
+    """
+    try:
+        bson.encode(doc)
+    except (OverflowError, InvalidDocument):
+        return {**doc, "params": {}, PARAMS_JSON: orjson.dumps(doc["params"]).decode()}
+    return doc
+
+
+def _params(doc: dict[str, Any]) -> Any:
+    text = doc.get(PARAMS_JSON)
+    return doc["params"] if text is None else orjson.loads(text)
+
+
 class MongoStore:
     def __init__(self, client: Any, database: str, *, user_key: str = "user_id",
                  readonly: bool = False, owns_client: bool = False) -> None:
@@ -75,8 +103,10 @@ class MongoStore:
     @classmethod
     def from_uri(cls, uri: str, database: str, *, user_key: str = "user_id",
                  readonly: bool = False) -> MongoStore:
-        client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True,
-                                                          serverSelectionTimeoutMS=5000)
+        # Majority and journaled: the loader records its position once insert_batch returns,
+        # so an insert must not be acknowledged before it survives a crash or a failover.
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=5000, w="majority", journal=True)
         return cls(client, database, user_key=user_key, readonly=readonly, owns_client=True)
 
     def _ensure_indexes(self) -> None:
@@ -112,13 +142,18 @@ class MongoStore:
             raise RuntimeError("cannot insert: the store is read-only")
         if not events:
             return 0
-        docs = [self._doc(e) for e in events]
+        # Each document encoded once more first (_bson_safe): pymongo raises on one BSON
+        # cannot hold while it builds its messages, after sending the ones before it.
+        docs = [_bson_safe(self._doc(e)) for e in events]
         rejected: set[int] = set()
         try:
             self._events.insert_many(docs, ordered=False)
         except BulkWriteError as e:
             errors = e.details.get("writeErrors", [])
-            if any(w.get("code") != DUPLICATE_KEY for w in errors):
+            # Only duplicates (a replay, a client's retry) are expected; a write concern
+            # error (no majority in time, a step-down) may see the inserts rolled back.
+            if e.details.get("writeConcernErrors") or any(
+                    w.get("code") != DUPLICATE_KEY for w in errors):
                 raise
             rejected = {int(w["index"]) for w in errors}
         if rejected:
@@ -165,7 +200,7 @@ class MongoStore:
         total = self._events.count_documents(flt)
         cur = (self._events.find(flt).sort([("ts_s", DESCENDING), ("_id", DESCENDING)])
                .skip((page - 1) * limit).limit(limit))
-        return total, [public_event(int(d["_id"]), d["event_type"], d["ts_s"], d["params"],
+        return total, [public_event(int(d["_id"]), d["event_type"], d["ts_s"], _params(d),
                                     d["received_at"], d.get("event_id"), d.get("sent_at"))
                        for d in cur]
 

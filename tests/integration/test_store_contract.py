@@ -194,3 +194,37 @@ def test_mongo_daily_stats_repaired_by_the_replay_after_a_crash() -> None:
     daily = store.daily_stats(None, None, None)
     assert sum(t for _, _, t in daily) == 40
     assert daily == [("2024-01-01", "a", 18), ("2024-01-02", "a", 17), ("2024-01-03", "a", 5)]
+
+
+def test_params_any_json_object_can_hold_are_stored_exactly(store: EventStore) -> None:
+    # The collector accepts any JSON object as params: an integer past 64 bits signed and a
+    # NUL in a key included. BSON holds neither; such an event must not fail its batch for
+    # ever (wedging the loader's stream), and must read back as it was sent.
+    odd = [ev(1, params={"n": 2**63, "user_id": 5}), ev(2, params={"a\x00b": [2**64 - 1]})]
+    batch = [ev(0), *odd, ev(3)]
+    assert store.insert_batch(batch) == 4
+    _, events = store.query_events(page=1, limit=10, start=None, end=None, event_types=None)
+    by_id = {e["id"]: e["params"] for e in events}
+    assert [by_id[e["id"]] for e in batch] == [e["params"] for e in batch]
+    assert store.insert_batch(batch) == 0  # a replay still inserts nothing
+
+
+def test_mongo_write_concern_errors_are_not_taken_for_duplicates() -> None:
+    # pymongo raises BulkWriteError with no writeErrors when only the write concern failed
+    # (no majority in time, a step-down): the inserts may be rolled back, so the loader must
+    # not record its position after them.
+    import mongomock
+    from pymongo.errors import BulkWriteError
+
+    from tests.fixtures.store import _mongo_store
+
+    store = _mongo_store(mongomock.MongoClient(tz_aware=True))
+    details = {"writeErrors": [], "writeConcernErrors": [
+        {"code": 64, "errmsg": "waiting for replication timed out"}], "nInserted": 1}
+
+    def insert_many(*args: Any, **kwargs: Any) -> None:
+        raise BulkWriteError(details)
+
+    store._events.insert_many = insert_many  # type: ignore[attr-defined]
+    with pytest.raises(BulkWriteError):
+        store.insert_batch([ev(1)])
