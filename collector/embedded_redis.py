@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from collector.procutil import die_with_parent
+
 log = logging.getLogger(__name__)
 
 _MAX_UNIX_PATH = 100
@@ -140,6 +142,7 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=die_with_parent,  # not orphaned if the supervisor is killed
         )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         log.info("embedded redis-server started, pid %s, socket %s",

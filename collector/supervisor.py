@@ -30,6 +30,7 @@ from collector import __version__
 from collector.auth import ensure_read_token
 from collector.config import Config
 from collector.embedded_redis import EmbeddedRedis
+from collector.procutil import die_with_parent
 from loader.lock import LoaderLock, LockHeld
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Child:
     for as long as any child still writes (a flock belongs to the open file)."""
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_child_setup,
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=die_with_parent,
                                      pass_fds=self.pass_fds)
         self.started_at = time.monotonic()
 
@@ -68,20 +69,23 @@ class Child:
                 self.proc.send_signal(sig)
 
 
-def _child_setup() -> None:
-    """Runs in the child before exec: die with the supervisor (Linux PR_SET_PDEATHSIG).
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before any worker starts.
 
-    If the supervisor is killed outright, its workers get SIGTERM and stop gracefully
-    instead of lingering with the port.
+    The workers bind with SO_REUSEPORT when there are several, and Linux lets any other
+    process that sets it too share the port: a second collector (another data directory)
+    would silently take part of the traffic, with the same worker ids. A bind without
+    SO_REUSEPORT fails while anyone listens there.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except Exception:  # not Linux: the supervisor's own stop path still covers the normal case
-        pass
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SystemExit(
+                f"cannot listen on {host}:{port}: {e.strerror} (another collector or "
+                "server listens there); stop it, or choose another --port") from None
 
 
 def _free_port(host: str) -> int:
@@ -127,6 +131,8 @@ class Supervisor:
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         for stale in cfg.run_path.glob("ready-*"):
             stale.unlink()
+        if self.port != 0:
+            _check_port_free(cfg.server.host, self.port)
         token, created = ensure_read_token(cfg)
         redis_url = cfg.redis.url
         if cfg.redis.enabled and not redis_url:
@@ -222,6 +228,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)  # the terminal closed: stop as for SIGTERM
 
     def watch(self) -> int:
         while not self.stopping:

@@ -641,7 +641,7 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:
-    """First SIGTERM/SIGINT: warm stop. Second: cold stop (SystemExit now)."""
+    """First SIGTERM/SIGINT/SIGHUP: warm stop. Second: cold stop (SystemExit now)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -650,12 +650,14 @@ def _install_signals(stop: threading.Event) -> dict[int, Any]:
         stop.set()
 
     previous: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)
     if os.environ.get("COLLECTOR_SUPERVISED") == "1":
-        # Ctrl-C reaches the whole process group; under `collector serve` the supervisor
-        # turns it into an ordered SIGTERM, so the loader ignores the SIGINT itself.
+        # Ctrl-C (and the hangup of a closed terminal) reaches the whole process group;
+        # under `collector serve` the supervisor turns it into an ordered SIGTERM, so the
+        # loader ignores it itself.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return previous
 

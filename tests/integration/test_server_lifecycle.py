@@ -318,3 +318,50 @@ def test_two_data_directories_sharing_a_segment_directory_are_refused(
     assert second.proc.wait(30) == 75, second.log()
     assert "shared-segments/.serve.lock" in second.log()
     assert first.request("GET", "/healthz")[0] == 200
+
+
+def test_a_second_collector_on_the_same_port_is_refused(start_server: Start,
+                                                        tmp_path: Path) -> None:
+    """Several workers bind with SO_REUSEPORT, which let a second collector (another data
+    directory, the same worker ids) silently take part of the port's traffic."""
+    first = start_server(args=["--workers", "2"])
+    wait_started(first)
+    second = start_server(data_dir=tmp_path / "other", port=first.port, wait=False,
+                          args=["--workers", "2"])
+    assert second.proc.wait(30) != 0
+    assert f"cannot listen on 127.0.0.1:{first.port}" in second.log(), second.log()
+    assert "Traceback" not in second.log()
+    assert not list((tmp_path / "other").glob("run/ready-*")), "a worker of it started"
+    assert first.request("GET", "/healthz")[0] == 200
+
+
+def test_sighup_stops_the_collector_gracefully(start_server: Start) -> None:
+    """A closed terminal sends SIGHUP: an ordered stop (segments sealed, exit 0), not death."""
+    server = start_server(env={"COLLECTOR_REDIS_ENABLED": "true"})
+    wait_started(server)
+    assert server.request("POST", "/api/events", b'{"event_type": "x"}')[0] == 202
+    redis_pid = int((server.data_dir / "run" / "redis.pid").read_text())
+    os.killpg(server.proc.pid, signal.SIGHUP)  # the whole session, as a terminal does
+    assert server.proc.wait(30) == 0, server.log()
+    segments = list((server.data_dir / "segments").iterdir())
+    assert segments and not [p for p in segments if p.name.endswith(".open")]
+    assert not Path(f"/proc/{redis_pid}").exists() or _zombie(redis_pid)
+
+
+def test_the_embedded_redis_stops_when_the_supervisor_is_killed(start_server: Start) -> None:
+    server = start_server(env={"COLLECTOR_REDIS_ENABLED": "true"})
+    wait_started(server)
+    redis_pid = int((server.data_dir / "run" / "redis.pid").read_text())
+    os.kill(server.proc.pid, signal.SIGKILL)  # the supervisor only
+    server.proc.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{redis_pid}").exists() and not _zombie(redis_pid):
+        assert time.monotonic() < deadline, "redis-server outlived its supervisor"
+        time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return False
