@@ -154,12 +154,25 @@ class RejectedLog:
         # Two attempts: the second one runs only when the first landed in a file that had been
         # deleted (pruned by another worker, or the directory removed), into a fresh file.
         for _ in range(2):
-            if self._fd < 0 or self._size >= self.max_file_bytes:
+            rotated = self._fd < 0 or self._size >= self.max_file_bytes
+            if rotated:
                 self._rotate()
-            _write_all(self._fd, line)
+            before = os.fstat(self._fd).st_size
+            try:
+                _write_all(self._fd, line)
+            except OSError:
+                # A disk-full write may have put part of the line in: cut it, so that every
+                # line stays valid JSON for whoever replays the file.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                raise
             st = os.fstat(self._fd)
             self._size = st.st_size
             if st.st_nlink > 0:
+                if rotated:
+                    # Only once a line is in the new file: failing writes (a full disk) must
+                    # not replace the history with empty files, one per rejected request.
+                    self._prune()
                 return
             self._close_file()
         raise OSError(f"rejected file in {self.directory} keeps disappearing")
@@ -172,7 +185,6 @@ class RejectedLog:
         self._last_ms = wall_ms
         self._fd = os.open(self.directory / rejected_file_name(wall_ms), _OPEN_FLAGS, 0o644)
         self._size = os.fstat(self._fd).st_size
-        self._prune()
 
     def _prune(self) -> None:
         """Delete the oldest files beyond `max_files` (the current one is the newest)."""
@@ -197,7 +209,14 @@ class RejectedLog:
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
-        self._close_file()  # start from a fresh file next time
+        # Kept while it is still there (a full disk: the next record retries the same file,
+        # no new empty one); a file that is gone is replaced next time.
+        try:
+            gone = self._fd >= 0 and os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:
+            self._close_file()
         if not self._failing:
             self._failing = True
             logger.warning(

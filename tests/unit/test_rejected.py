@@ -140,3 +140,39 @@ def test_unserialisable_error_details_are_stringified(tmp_path: Path) -> None:
     log.record("invalid_event", b"{}", errors=[{"index": 0, "value": Path("/x")}])
     [entry] = entries(tmp_path)
     assert entry["errors"] == [{"index": 0, "value": "/x"}]
+
+
+def test_a_full_disk_leaves_no_torn_line_and_keeps_the_history(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from collector.storage import rejected
+
+    clock = FakeClock()
+    log = make_log(tmp_path, clock, max_file_bytes=300, max_files=3, body_bytes=100)
+    for n in range(12):
+        log.record("invalid_event", f"body number {n:03d}".encode())
+        clock.advance(0.001)
+    history = entries(tmp_path)
+    names = files(tmp_path)
+    real_write = os.write
+
+    def full_disk(fd: int, data: Any) -> int:
+        if len(data) > 20:
+            return real_write(fd, bytes(data)[:20])  # part of the line, then ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rejected.os, "write", full_disk)
+    for n in range(10):
+        log.record("invalid_event", f"lost {n}".encode())
+        clock.advance(0.001)
+    monkeypatch.undo()
+
+    assert log.failures == 10
+    assert entries(tmp_path) == history  # every line whole
+    now = files(tmp_path)
+    assert set(names) <= set(now)  # no file of the history pruned ...
+    assert len(now) <= len(names) + 1  # ... for at most one new (empty) file
+    log.record("invalid_event", b"after")
+    assert entries(tmp_path)[-1]["body"] == "after"
