@@ -16,6 +16,7 @@ kills everything at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -69,6 +70,14 @@ class Child:
                 self.proc.send_signal(sig)
 
 
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another collector or server listens there; stop it, or choose "
+                      "another --port",
+    errno.EACCES: "ports below 1024 need root; choose another --port",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address; check --host",
+}
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Refuse a port another process listens on, before any worker starts.
 
@@ -83,9 +92,8 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise SystemExit(
-                f"cannot listen on {host}:{port}: {e.strerror} (another collector or "
-                "server listens there); stop it, or choose another --port") from None
+            hint = _BIND_HINTS.get(e.errno or 0, "check --host and --port")
+            raise SystemExit(f"cannot listen on {host}:{port}: {e.strerror}; {hint}") from None
 
 
 def _free_port(host: str) -> int:

@@ -356,6 +356,9 @@ class StatsCounters:
             return False
         self._unsure = None
         if receipt in (seq, seq.encode()):
+            # Applied. (A command that failed inside it, WRONGTYPE say, is taken as applied
+            # too: its answer was lost with the others. That can only undercount, which a
+            # rebuild repairs, never count twice.)
             self._settle(ops, [True] * len(ops))
         return True
 

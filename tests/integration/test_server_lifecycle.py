@@ -330,6 +330,7 @@ def test_a_second_collector_on_the_same_port_is_refused(start_server: Start,
                           args=["--workers", "2"])
     assert second.proc.wait(30) != 0
     assert f"cannot listen on 127.0.0.1:{first.port}" in second.log(), second.log()
+    assert "another collector or server listens there" in second.log()
     assert "Traceback" not in second.log()
     assert not list((tmp_path / "other").glob("run/ready-*")), "a worker of it started"
     assert first.request("GET", "/healthz")[0] == 200
