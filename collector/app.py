@@ -32,7 +32,7 @@ from collector.http.protocol import (
 )
 from collector.http.router import Route, Router
 from collector.metrics import Metrics, observe_into
-from collector.metrics_files import remove_snapshot, write_snapshot
+from collector.metrics_files import read_snapshot, write_snapshot
 from collector.snowflake import SnowflakeGenerator
 from collector.storage.rejected import RejectedLog
 from collector.storage.segment_log import SegmentLog
@@ -200,25 +200,43 @@ def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _update_metrics(worker: Worker) -> None:
+    """Copy what the parts count themselves into the worker's metrics."""
+    ctx = worker.ctx
+    w = ctx.writer
+    m = ctx.metrics
+    m.set("collector_connections_open", len(worker.state.connections))
+    m.set("collector_segment_rotations_total", w.segments_rolled)
+    m.set("collector_segment_fsyncs_total", w.fsyncs)
+    m.set("collector_segment_write_errors_total", w.write_errors)
+    m.set("collector_segment_writes_refused_total", w.writes_refused)
+    m.set("collector_rejected_recorded_total", ctx.rejected.recorded)
+    m.set("collector_rejected_failures_total", ctx.rejected.failures)
+
+
 async def _ticker(worker: Worker) -> None:
     ctx = worker.ctx
     run_dir = ctx.config.run_path
+    failing = False
     while True:
         await asyncio.sleep(TICK_SECONDS)
         try:
-            w = ctx.writer
-            w.tick()
-            m = ctx.metrics
-            m.set("collector_connections_open", len(worker.state.connections))
-            m.set("collector_segment_rotations_total", w.segments_rolled)
-            m.set("collector_segment_fsyncs_total", w.fsyncs)
-            m.set("collector_segment_write_errors_total", w.write_errors)
-            m.set("collector_segment_writes_refused_total", w.writes_refused)
-            m.set("collector_rejected_recorded_total", ctx.rejected.recorded)
-            m.set("collector_rejected_failures_total", ctx.rejected.failures)
-            write_snapshot(run_dir, ctx.worker_index, m.snapshot())
+            ctx.writer.tick()
+            _update_metrics(worker)
+            write_snapshot(run_dir, ctx.worker_index, ctx.metrics.snapshot())
+        except OSError as e:
+            # A full disk, say: tried again every tick, logged once.
+            if not failing:
+                log.warning("cannot write the metrics snapshot in %s (%s); the other workers' "
+                            "/metrics miss this one's numbers until it can", run_dir, e)
+            failing = True
+            continue
         except Exception:
             log.exception("worker tick failed")
+            continue
+        if failing:
+            log.warning("metrics snapshot written again in %s", run_dir)
+            failing = False
 
 
 async def start_worker(cfg: Config, worker_index: int = 0, *,
@@ -233,6 +251,8 @@ async def start_worker(cfg: Config, worker_index: int = 0, *,
     router = build_router(ctx)
     state = make_state(ctx, router)
     worker = Worker(ctx=ctx, state=state)
+    # The counts of the worker this one replaces (a restart), so that sums never go back.
+    ctx.metrics.carry_over(read_snapshot(cfg.run_path, worker_index))
     sock = make_socket(cfg.server.host, cfg.server.port, reuse_port=cfg.server.workers > 1)
     with contextlib.suppress(OSError):  # inherited by the accepted sockets
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -263,7 +283,10 @@ async def stop_worker(worker: Worker) -> None:
     if ctx.store is not None:
         with contextlib.suppress(Exception):
             ctx.store.close()
-    remove_snapshot(ctx.config.run_path, ctx.worker_index)
+    # The last numbers stay for the worker the supervisor may start in this one's place.
+    _update_metrics(worker)
+    with contextlib.suppress(OSError):  # (a full disk: these numbers are lost, not the stop)
+        write_snapshot(ctx.config.run_path, ctx.worker_index, ctx.metrics.snapshot())
     worker.stopped.set()
 
 

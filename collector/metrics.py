@@ -35,6 +35,18 @@ class Metrics:
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
+        self._carried: dict[str, Any] = {}
+
+    def carry_over(self, snapshot: dict[str, Any]) -> None:
+        """Start this process's counters and histograms from `snapshot`, the last one of the
+        process it replaces (gauges are not carried: they describe that process).
+
+        A worker the supervisor restarts would otherwise start from zero, and the sum over the
+        workers in /metrics would go backwards: Prometheus reads that as a counter reset, a
+        spike in `rate()`. Added in `snapshot()`; `get()` stays this process's own count.
+        """
+        self._carried = {name: fam for name, fam in snapshot.items()
+                         if fam.get("kind") != "gauge"}
 
     def describe(self, name: str, kind: str, help: str,
                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
@@ -87,7 +99,13 @@ class Metrics:
         return c[0] if c else 0
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able copy, for the per-worker snapshot file."""
+        """A JSON-able copy, for the per-worker snapshot file (with what was carried over)."""
+        own = self._own_snapshot()
+        if not self._carried:
+            return own
+        return as_snapshot(merge_snapshots([self._carried, own]))
+
+    def _own_snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, fam in self._families.items():
             out[name] = {
@@ -123,6 +141,14 @@ def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 m["hist"][key] = list(s) if cur is None else [a + b for a, b in zip(cur, s,
                                                                                       strict=True)]
     return merged
+
+
+def as_snapshot(merged: dict[str, Any]) -> dict[str, Any]:
+    """merge_snapshots' result back in the snapshot shape (so that it can be merged again)."""
+    return {name: {**fam,
+                   "values": [[list(map(list, key)), v] for key, v in fam["values"].items()],
+                   "hist": [[list(map(list, key)), list(h)] for key, h in fam["hist"].items()]}
+            for name, fam in merged.items()}
 
 
 def _labels(key: Iterable[Iterable[str]], extra: str = "") -> str:

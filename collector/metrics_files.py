@@ -2,8 +2,14 @@
 
 Each worker rewrites `metrics-<index>.json` every second (tmp + rename, so a reader never sees
 half a file); `/metrics` on any worker sums its own live numbers with its peers' snapshots. The
-loader writes `loader.json`, from which the lag gauges are derived. A snapshot older than
-`STALE_SECONDS` belongs to a worker that died and is ignored.
+loader writes `loader.json`, from which the lag gauges are derived.
+
+Counters never go backwards while the collector runs, though the supervisor restarts workers
+that die or stop: a worker that stops leaves its last snapshot, and the one that replaces it
+starts its counters and histograms from that file (`Metrics.carry_over`). The gauges of a
+snapshot older than `STALE_SECONDS` (a worker that died, not restarted yet) are ignored; its
+counters still count. The supervisor clears the files when `collector serve` starts: a new
+run counts from zero, as any restarted exporter does.
 """
 
 from __future__ import annotations
@@ -29,13 +35,29 @@ def snapshot_path(run_dir: Path, worker_index: int) -> Path:
 def write_snapshot(run_dir: Path, worker_index: int, snapshot: dict[str, Any]) -> None:
     path = snapshot_path(run_dir, worker_index)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(snapshot))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(snapshot))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # (a full disk: no empty tmp file left behind)
+            tmp.unlink()
+        raise
 
 
-def remove_snapshot(run_dir: Path, worker_index: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        snapshot_path(run_dir, worker_index).unlink()
+def read_snapshot(run_dir: Path, worker_index: int) -> dict[str, Any]:
+    """The last snapshot of worker `worker_index` ({} if none or unreadable)."""
+    try:
+        snapshot: dict[str, Any] = orjson.loads(snapshot_path(run_dir, worker_index).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return snapshot
+
+
+def clear_snapshots(run_dir: Path) -> None:
+    """Forget the workers' metrics of a previous run (the supervisor, before they start)."""
+    for path in run_dir.glob("metrics-*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def read_peer_snapshots(run_dir: Path, worker_index: int) -> list[dict[str, Any]]:
@@ -45,11 +67,13 @@ def read_peer_snapshots(run_dir: Path, worker_index: int) -> list[dict[str, Any]
         if path == snapshot_path(run_dir, worker_index):
             continue
         try:
-            if now - path.stat().st_mtime > STALE_SECONDS:
-                continue
-            out.append(orjson.loads(path.read_bytes()))
+            stale = now - path.stat().st_mtime > STALE_SECONDS
+            snapshot = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             continue  # a worker replacing its file right now, or gone
+        if stale:  # a dead worker's counters still count; its gauges no longer hold
+            snapshot = {name: fam for name, fam in snapshot.items() if fam["kind"] != "gauge"}
+        out.append(snapshot)
     return out
 
 

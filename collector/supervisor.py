@@ -31,6 +31,7 @@ from collector import __version__
 from collector.auth import ensure_read_token
 from collector.config import Config
 from collector.embedded_redis import EmbeddedRedis
+from collector.metrics_files import clear_snapshots
 from collector.procutil import die_with_parent
 from loader.lock import LoaderLock, LockHeld
 
@@ -139,6 +140,7 @@ class Supervisor:
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         for stale in cfg.run_path.glob("ready-*"):
             stale.unlink()
+        clear_snapshots(cfg.run_path)  # a new run counts from zero (see metrics_files)
         if self.port != 0:
             _check_port_free(cfg.server.host, self.port)
         token, created = ensure_read_token(cfg)

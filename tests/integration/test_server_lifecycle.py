@@ -366,3 +366,47 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_metrics_counters_do_not_go_back_when_a_worker_is_restarted(
+        start_server: Start) -> None:
+    """The sum over the workers dropped by what a killed worker had counted (Prometheus reads
+    a drop as a counter reset: a spike in rate())."""
+    from tests.integration.test_server_ingest import metric, scrape
+
+    server = start_server(args=["--workers", "2"])
+    wait_started(server)
+    for _ in range(40):  # fresh connections: SO_REUSEPORT spreads them over both workers
+        assert server.request("POST", "/api/events", b'{"event_type": "x"}')[0] == 202
+    run = server.data_dir / "run"
+    def accepted(i: int) -> float:
+        try:
+            snap = orjson.loads((run / f"metrics-{i}.json").read_bytes())
+        except FileNotFoundError:
+            return 0.0
+        return sum(v for _, v in snap["collector_events_accepted_total"]["values"])
+
+    deadline = time.monotonic() + 10
+    while accepted(0) + accepted(1) != 40:  # both workers' files written since the posts
+        assert time.monotonic() < deadline, "the snapshots never added up to 40"
+        time.sleep(0.2)
+    assert metric(scrape(server), "collector_events_accepted_total") == 40
+    counts = {i: accepted(i) for i in (0, 1)}
+    victim = 0 if counts[0] else 1
+    assert counts[victim] > 0
+    (pid,) = [p for p, cmd in rawhttp.child_pids(server.proc.pid)
+              if f"--index {victim}" in cmd]
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    deadline = time.monotonic() + 30
+    while True:  # until the new worker has written its first snapshot
+        pids = [p for p, cmd in rawhttp.child_pids(server.proc.pid)
+                if f"--index {victim}" in cmd]
+        snap = run / f"metrics-{victim}.json"
+        if pids and pids != [pid] and snap.exists() and snap.stat().st_mtime > killed + 0.5:
+            break
+        assert time.monotonic() < deadline, "the worker was not restarted"
+        time.sleep(0.1)
+    for _ in range(20):  # either worker may answer: every answer must hold the 40
+        assert metric(scrape(server), "collector_events_accepted_total") == 40
+        time.sleep(0.1)
