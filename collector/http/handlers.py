@@ -39,6 +39,7 @@ from collector.schema import (
     parse_body,
     validate_batch,
 )
+from collector.storage.health import storage_problem
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +317,10 @@ def routes(ctx: AppContext, all_routes: list[Route]) -> list[Route]:
         writer = ctx.writer
         if not writer.available:
             writer.tick()
-        if not writer.available:
-            return json_response(503, {"status": "unavailable", "reason": writer.last_error,
+        reason = writer.last_error if not writer.available else storage_problem(
+            ctx.config.segments_path)
+        if reason is not None:
+            return json_response(503, {"status": "unavailable", "reason": reason,
                                        "segments": str(ctx.config.segments_path)})
         return json_response(200, {"status": "ok", "worker": ctx.worker_index,
                                    "segments": str(ctx.config.segments_path)})
