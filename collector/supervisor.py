@@ -344,7 +344,12 @@ def serve(cfg: Config, config_file: str | None) -> int:
             locks.append(lock)
         sup = Supervisor(cfg, config_file, hold_fds=tuple(lock.fileno() for lock in locks))
         sup.install_signal_handlers()
-        sup.start()
+        try:
+            sup.start()
+        except RuntimeError as e:  # the embedded Redis could not start (its message says why)
+            sup.stop()
+            print(f"collector serve: {e}", file=sys.stderr)
+            return 1
         return sup.watch()
     finally:
         for lock in locks:

@@ -260,7 +260,8 @@ class Ingest:
         self.metrics.inc("collector_storage_unavailable_total")
         return error_response(
             503, "storage_unavailable",
-            f"events cannot be stored right now ({e}); nothing was stored, retry later",
+            f"events cannot be stored right now ({e}); no event is left half-written: retry "
+            "later (events that carry an event_id are never stored twice)",
             headers=[("retry-after", "1")])
 
     # -- GET /api/events/pixel.gif ---------------------------------------------------------------

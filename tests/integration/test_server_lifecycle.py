@@ -410,3 +410,13 @@ def test_metrics_counters_do_not_go_back_when_a_worker_is_restarted(
     for _ in range(20):  # either worker may answer: every answer must hold the 40
         assert metric(scrape(server), "collector_events_accepted_total") == 40
         time.sleep(0.1)
+
+
+def test_an_embedded_redis_that_cannot_start_is_a_plain_message(start_server: Start,
+                                                                 tmp_path: Path) -> None:
+    """A data directory too long for a unix socket path gave a raw traceback."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    server = start_server(data_dir=deep, wait=False, env={"COLLECTOR_REDIS_ENABLED": "true"})
+    assert server.proc.wait(30) == 1
+    assert "use a shorter --data-dir" in server.log()
+    assert "Traceback" not in server.log()
