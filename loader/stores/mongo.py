@@ -128,7 +128,8 @@ class MongoStore:
         params = e.get("params") or {}
         doc: dict[str, Any] = {"_id": Int64(int(e["id"])), "event_type": e["event_type"],
                                "ts": _date(ts), "ts_s": float(ts), "params": params,
-                               "received_at": e.get("received_at", ts)}
+                               "received_at": ts if e.get("received_at") is None
+                               else e["received_at"]}  # (null: as SQLite, ts)
         for key in ("event_id", "sent_at"):
             if e.get(key) is not None:
                 doc[key] = e[key]

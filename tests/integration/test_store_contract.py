@@ -228,3 +228,10 @@ def test_mongo_write_concern_errors_are_not_taken_for_duplicates() -> None:
     store._events.insert_many = insert_many  # type: ignore[attr-defined]
     with pytest.raises(BulkWriteError):
         store.insert_batch([ev(1)])
+
+
+def test_a_null_received_at_reads_back_as_ts(store: EventStore) -> None:
+    # Not what the collector writes, but what a merged or hand-made segment may hold.
+    assert store.insert_batch([ev(1, ts=MONDAY + 5, received_at=None)]) == 1
+    _, (event,) = store.query_events(page=1, limit=10, start=None, end=None, event_types=None)
+    assert event["received_at"] == MONDAY + 5
