@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="start of the window: UNIX seconds or ISO date")
     rebuild.add_argument("--until", type=_timestamp,
                          help="end of the window (default: now)")
+    rebuild.add_argument("--include-open", action="store_true",
+                         help="also replace the buckets still receiving live counts (the "
+                              "current minute, hour, day); counts added while it runs are lost")
     rebuild.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("check-config", parents=[common],
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         from collector.stats_rebuild import rebuild
 
         try:
-            summary = rebuild(cfg, args.since, args.until, progress=not args.no_progress)
+            summary = rebuild(cfg, args.since, args.until, progress=not args.no_progress,
+                              include_open=args.include_open)
         except (RuntimeError, ValueError, redis.RedisError) as e:
             print(f"collector stats rebuild: {e}", file=sys.stderr)
             return 1

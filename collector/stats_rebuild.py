@@ -25,11 +25,17 @@ Which segments are read
     ahead of its receive time (the corrected ts is range-checked at ingestion), and a file is
     modified after every event in it was received, so such a file has no event at or after lo.
 
+Open buckets
+    A bucket still receiving live counts (its end after now less a few flush intervals: the
+    current minute, hour and day) is left alone by default and reported (`open_buckets`),
+    with the uniques of the current day: the workers add to it while this command reads the
+    segments, and replacing it would lose what they added meanwhile (an audit lost 632
+    counts so under load). Rerun once those buckets have closed, or pass `include_open`
+    (`--include-open`) to replace them anyway, on a quiet collector.
+
 Known limits
-    - Counters of buckets that include "now" race with the live collector: counts flushed
-      between this command's read of the segments and its RENAME are overwritten. Rebuild a
-      window that ends a few seconds in the past, or run it again once the live counts have
-      moved on.
+    - Events with an old ts (a client that buffered them offline) may still arrive into a
+      closed bucket while it is rebuilt: those counts are lost from it.
     - Segments deleted by the loader's retention (7 days by default) cannot be recounted: a
       rebuild reaching further back replaces those days with what is left.
     - Memory grows with the distinct (second, event type) pairs and users of the span.
@@ -38,6 +44,7 @@ Known limits
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -58,6 +65,10 @@ READ_CHUNK = 1 << 20
 WRITE_BATCH = 500
 """Commands per pipeline round trip when writing the rebuilt keys."""
 MEMBERS_PER_COMMAND = 1000
+OPEN_FLUSHES = 4
+OPEN_SECONDS = 10.0
+"""A bucket that ended less than this many seconds (or OPEN_FLUSHES x redis.flush_interval)
+ago may still get live counts: it is left alone unless include_open."""
 MTIME_MARGIN = 3600.0
 """Slack on the file-mtime pruning, for clock steps and copied files."""
 
@@ -70,6 +81,7 @@ def rebuild(
     progress: bool = True,
     client: Any = None,
     clock: Clock | None = None,
+    include_open: bool = False,
 ) -> dict[str, Any]:
     """Recompute the counters and uniques of [since, until] (until None: now).
 
@@ -78,6 +90,7 @@ def rebuild(
             builds one from cfg.redis (the embedded Redis's socket when redis.url is empty,
             which then must be running: `collector serve` runs it).
         clock: "now", for retention and TTLs; the system clock by default.
+        include_open: replace the buckets still receiving live counts too (see Open buckets).
     Returns:
         a summary: the span read, segments, bytes, lines, events counted, bad lines, keys
         written and deleted, straddling buckets left alone.
@@ -95,6 +108,12 @@ def rebuild(
     stats.validate_granularities(grans, cfg.redis.key_prefix)
     lo, hi = stats.rebuild_span(since, until, grans)
     buckets, straddling = stats.replaced_buckets(lo, hi, grans, now)
+    # Live counts reach Redis up to a few flush intervals after their event: a bucket that
+    # ended more recently may still get some.
+    closed_by = math.inf if include_open else now - max(OPEN_SECONDS,
+                                                         OPEN_FLUSHES * cfg.redis.flush_interval)
+    open_buckets = sum(1 for g, s in buckets if s + g.seconds > closed_by)
+    buckets = [(g, s) for g, s in buckets if s + g.seconds <= closed_by]
     keys = stats.KeySpace(cfg.redis.key_prefix)
 
     segments = _segments_to_read(cfg, lo)
@@ -112,7 +131,8 @@ def rebuild(
     try:
         writer = _Writer(client)
         _write_counters(writer, tally, buckets, keys, now)
-        _write_uniques(writer, tally, lo, hi, keys, stats.uniques_retention(cfg.stats), now)
+        _write_uniques(writer, tally, lo, hi if include_open else min(hi, int(closed_by)), keys,
+                       stats.uniques_retention(cfg.stats), now)
         writer.flush()
     finally:
         if own_client:
@@ -129,7 +149,12 @@ def rebuild(
         "keys_written": writer.written,
         "keys_deleted": writer.deleted,
         "straddling_buckets": straddling,
+        "open_buckets": open_buckets,
     }
+    if open_buckets:
+        log.warning("stats rebuild: %d buckets still receiving live counts (the latest "
+                    "minutes, hours and days) were left alone; rerun once they have closed, or "
+                    "with --include-open on a quiet collector", open_buckets)
     log.info("stats rebuild done: %s", summary)
     return summary
 

@@ -1,4 +1,8 @@
-"""`collector stats rebuild` against a real redis-server and segment files written here."""
+"""`collector stats rebuild` against a real redis-server and segment files written here.
+
+Most tests recount on a quiet collector (`include_open=True`: the buckets around NOW are
+replaced too); the default, which leaves the buckets still receiving live counts alone, has
+its own test."""
 
 from __future__ import annotations
 
@@ -106,7 +110,8 @@ async def test_rebuild_equals_live_counts(cfg: Config, redis_server: RedisServer
 
     sync_redis.flushall()
     write_segments(cfg, events)
-    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
 
     assert full_snapshot(sync_redis, NOW) == live
     assert summary["events"] == len(events)
@@ -124,9 +129,11 @@ async def test_rebuild_twice_gives_the_same_counts(cfg: Config,
     events = sample(2)
     write_segments(cfg, events)
     clock = FakeClock(NOW)
-    first = rebuild(cfg, NOW - 30 * 3600, None, progress=False, clock=clock)
+    first = rebuild(cfg, NOW - 30 * 3600, None, progress=False, clock=clock,
+                    include_open=True)
     once = full_snapshot(sync_redis, NOW)
-    second = rebuild(cfg, NOW - 30 * 3600, None, progress=False, clock=clock)
+    second = rebuild(cfg, NOW - 30 * 3600, None, progress=False, clock=clock,
+                    include_open=True)
     assert full_snapshot(sync_redis, NOW) == once
     assert first["keys_written"] == second["keys_written"] > 0
     assert not list(sync_redis.scan_iter(match="*:rebuild"))  # no temporary key left
@@ -140,7 +147,8 @@ async def test_rebuild_restores_counts_lost_while_redis_was_down(
     redis_server.kill()  # the second half never reaches Redis; the first is lost with it
     redis_server.start()
     write_segments(cfg, events)  # ...but every event is in the segments
-    rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert counter_snapshot(sync_redis, NOW) == expected_counters(events, NOW)
 
 
@@ -156,7 +164,8 @@ async def test_rebuild_repairs_overcounts_and_deletes_empty_buckets(
                    if k not in want)  # inside the span, but no event in that minute
     sync_redis.hset(phantom, mapping={"x": 3, TOTAL_FIELD: 3})
     write_segments(cfg, events)
-    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert counter_snapshot(sync_redis, NOW) == want
     assert not sync_redis.exists(phantom)
     assert summary["keys_deleted"] > 0
@@ -171,7 +180,8 @@ async def test_rebuild_leaves_buckets_outside_the_span_alone(
     events = [e for e in sample(5) if e["ts"] >= NOW - 20 * 3600]
     write_segments(cfg, events)
     # since = 2023-11-14 02:13:20: the span is the whole of 2023-11-14, only
-    summary = rebuild(cfg, NOW - 20 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 20 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     lo, hi = summary["span"]
     assert (hi - lo) == DAY and lo % DAY == 0
     assert sync_redis.hget(outside_day, "x") == "7"
@@ -188,7 +198,8 @@ async def test_events_in_the_widened_span_are_counted_whole(
     early = [{"event_type": "early", "ts": day0 + 60, "params": {}, "id": 1}]
     late = [{"event_type": "late", "ts": NOW - 100, "params": {}, "id": 2}]
     write_segments(cfg, early + late)
-    rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW))
+    rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert sync_redis.hgetall("{collector:day}:20231114") == {
         "early": "1", "late": "1", TOTAL_FIELD: "2"}
 
@@ -200,7 +211,8 @@ async def test_old_sealed_segments_are_skipped_by_mtime(
     old = write_segment(cfg.segments_path, 10**15, old_events)
     write_segment(cfg.segments_path, 10**15 + 10**6, recent)
     os.utime(old, (NOW - 9 * DAY, NOW - 9 * DAY))  # last written 9 days before NOW
-    summary = rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert summary["segments"] == 1
     assert sync_redis.hget("{collector:day}:20231114", "new") == "1"
 
@@ -210,7 +222,8 @@ async def test_bad_lines_are_counted_and_skipped(cfg: Config, sync_redis: redis.
                          [{"event_type": "ok", "ts": NOW - 10, "params": {}, "id": 1}])
     with open(path, "ab") as f:
         f.write(b"not json\n\n" + b'{"id":"1","ts":"x","event_type":"t"}\n' + b"\x00\x00\n")
-    summary = rebuild(cfg, NOW - 60, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 60, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert summary["bad_lines"] == 3
     assert summary["events"] == 1
     assert sync_redis.hget("{collector:day}:20231114", "ok") == "1"
@@ -219,7 +232,8 @@ async def test_bad_lines_are_counted_and_skipped(cfg: Config, sync_redis: redis.
 async def test_expired_buckets_are_not_resurrected(cfg: Config, sync_redis: redis.Redis) -> None:
     events = [{"event_type": "x", "ts": NOW - 5 * 3600, "params": {}, "id": 1}]
     write_segments(cfg, events)
-    rebuild(cfg, NOW - 6 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    rebuild(cfg, NOW - 6 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert not list(sync_redis.scan_iter(match="{collector:second}:*"))  # kept 2 h only
     assert list(sync_redis.scan_iter(match="{collector:minute}:*"))
 
@@ -230,14 +244,16 @@ async def test_progress_bar_and_until_before_since(
     rebuild(cfg, NOW - 3600, NOW, progress=True, clock=FakeClock(NOW))
     assert "reading segments" in capsys.readouterr().err
     with pytest.raises(ValueError, match="before"):
-        rebuild(cfg, NOW, NOW - 10, progress=False, clock=FakeClock(NOW))
+        rebuild(cfg, NOW, NOW - 10, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
 
 
 async def test_embedded_redis_not_running_is_a_clear_error(tmp_path: Path) -> None:
     cfg = Config(data_dir=str(tmp_path / "data"))  # no redis.url: the embedded one
     write_segments(cfg, sample(7, 10))
     with pytest.raises(RuntimeError, match="collector serve"):
-        rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW))
+        rebuild(cfg, NOW - 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
 
 
 async def test_rebuild_through_a_cluster_client(tmp_path: Path,
@@ -248,10 +264,39 @@ async def test_rebuild_through_a_cluster_client(tmp_path: Path,
     cfg = Config(data_dir=str(tmp_path / "data"), redis=RedisConfig(url=redis_cluster.url))
     events = sample(8, 500)
     write_segments(cfg, events)
-    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW),
+                      include_open=True)
     assert summary["keys_written"] > 0 and summary["keys_deleted"] > 0
     r = RedisCluster(host="127.0.0.1", port=redis_cluster.port, decode_responses=True)
     try:
         assert counter_snapshot(r, NOW) == expected_counters(events, NOW)
     finally:
         r.close()
+
+
+async def test_buckets_still_receiving_live_counts_are_left_alone(
+        cfg: Config, redis_server: RedisServer, sync_redis: redis.Redis) -> None:  # noqa: F811
+    # A rebuild under live traffic replaced the current minute, hour and day from the segments
+    # it had read, losing what the workers added meanwhile (an audit: 632 counts). By default
+    # those buckets are left alone; the closed ones are still repaired.
+    events = sample(5)
+    await count_live(redis_server, events)
+    want = expected_counters(events, NOW)
+    current = {g: f"{{collector:{g}}}:{stamp}" for g, stamp in (
+        ("minute", "202311142213"), ("hour", "2023111422"), ("day", "20231114"))}
+    for key in current.values():  # counts the workers added while the rebuild ran
+        sync_redis.hincrby(key, TOTAL_FIELD, 1000)
+    sync_redis.setbit("{collector:uniques}:bits:20231114", 99_999, 1)  # a user of today
+    closed = sorted(k for k in want if k.startswith("{collector:hour}:") and
+                    k != current["hour"])[0]
+    sync_redis.hincrby(closed, TOTAL_FIELD, 7)  # an overcount in a closed bucket
+    write_segments(cfg, events)
+
+    summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
+
+    assert summary["open_buckets"] >= 3
+    for key in current.values():
+        assert int(sync_redis.hget(key, TOTAL_FIELD)) == \
+            want.get(key, {}).get(TOTAL_FIELD, 0) + 1000
+    assert sync_redis.getbit("{collector:uniques}:bits:20231114", 99_999) == 1
+    assert int(sync_redis.hget(closed, TOTAL_FIELD)) == want[closed][TOTAL_FIELD]
