@@ -184,8 +184,9 @@ def test_redis_killed_mid_load_then_rebuild_restores_exact_counts(
 
     since = min(e["ts"] for e in before + during) - 1
     done = subprocess.run(
+        # (--include-open: the load is over, and the current hour must be repaired too)
         [sys.executable, "-m", "collector", "stats", "rebuild", "--since", str(int(since)),
-         "--no-progress", "--data-dir", str(stats_server.data_dir)],
+         "--include-open", "--no-progress", "--data-dir", str(stats_server.data_dir)],
         cwd=ROOT, env=stats_server.env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
