@@ -121,7 +121,8 @@ class StatsReader:
     async def handle(self, request: Request) -> Response:
         raw = (request.path_params or {}).get("type")
         # The router matches the raw path: a type with spaces or slashes arrives %-encoded.
-        event_type = unquote(raw) if raw is not None else None
+        # Stripped, as ingestion strips it before storing.
+        event_type = unquote(raw).strip() if raw is not None else None
         picked = request.arg("granularity")
         if picked is not None:
             grans = tuple(g for g in self._grans if g.name == picked)
@@ -142,6 +143,7 @@ class StatsReader:
         try:
             body = await self.answer(client, grans, event_type, self._ctx.clock.time())
         except (RedisError, OSError) as e:
+            self._ctx.metrics.inc("collector_redis_errors_total")
             log.warning("stats read from Redis failed: %s: %s", type(e).__name__, e)
             return error_response(
                 503, "stats_unavailable",

@@ -151,7 +151,8 @@ class StatsCounters:
     def _describe_metrics(self) -> None:
         m = self._metrics
         m.describe("collector_redis_errors_total", "counter",
-                   "Failed Redis stats flushes and failed commands inside them")
+                   "Failed Redis stats flushes (and the failed commands inside them) and "
+                   "/api/stats reads")
         m.describe("collector_stats_dropped_total", "counter",
                    "Stats dropped because the pending bound was reached (unit: events, users)")
         m.describe("collector_stats_flushes_total", "counter",

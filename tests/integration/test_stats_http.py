@@ -141,6 +141,9 @@ def test_one_type_and_one_granularity(stats_server: ServerProcess) -> None:
     assert "types" not in body and "uniques" not in body
     assert body["total"] == sum(e["event_type"] == "page view" for e in events)
     assert_series_match(body, events, "page view")
+    # Stored stripped (SPEC §2), so asked for stripped too.
+    padded_status, padded = get_stats(stats_server, "/api/stats/" + quote("  page view "))
+    assert (padded_status, padded["type"], padded["total"]) == (200, "page view", body["total"])
 
     status, body = get_stats(stats_server, "/api/stats/a%2Fb?granularity=hour")
     assert status == 200

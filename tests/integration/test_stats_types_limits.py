@@ -57,3 +57,20 @@ async def test_past_the_field_budget_no_types_are_summed_and_it_says_why(
 async def test_a_few_types_are_all_listed(client: Any) -> None:
     body = await answer_with(client, 3)
     assert len(body["types"]) == 3 and "types_total" not in body and "types_omitted" not in body
+
+
+async def test_a_failed_read_is_a_503_and_counted(tmp_path: Any) -> None:
+    from collector.metrics import Metrics
+    from tests.fakes import FakeClock
+
+    dead = make_redis_client(RedisConfig(timeout=0.5), f"unix://{tmp_path}/no.sock")
+    metrics = Metrics()
+    ctx = SimpleNamespace(config=Config(), redis=dead, metrics=metrics, clock=FakeClock(NOW))
+    reader = stats_routes.StatsReader(ctx)  # type: ignore[arg-type]
+    request = SimpleNamespace(path_params={}, arg=lambda name: None)
+    try:
+        response = await reader.handle(request)  # type: ignore[arg-type]
+    finally:
+        await dead.aclose()
+    assert response.status == 503
+    assert metrics.get("collector_redis_errors_total") == 1
