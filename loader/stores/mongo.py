@@ -157,10 +157,16 @@ class MongoStore:
                     w.get("code") != DUPLICATE_KEY for w in errors):
                 raise
             rejected = {int(w["index"]) for w in errors}
-        if rejected:
+        if rejected and self._events.count_documents(
+                {"_id": {"$in": [docs[i]["_id"] for i in rejected]}}, limit=1):
+            # A replay: an earlier attempt inserted some of these and may have stopped before
+            # counting them, so their days are counted again from the collection.
             self._recount_days({day_number(d["ts_s"]) for d in docs})
         else:
-            self._add_counts([d["_id"] for d in docs])
+            # Only new events, or client retries refused for their event_id (never inserted,
+            # so never counted): the inserted ones are added. A recount here would scan whole
+            # days for every batch holding one retry.
+            self._add_counts([d["_id"] for i, d in enumerate(docs) if i not in rejected])
         return len(docs) - len(rejected)
 
     def _add_counts(self, ids: list[Int64]) -> None:

@@ -235,3 +235,25 @@ def test_a_null_received_at_reads_back_as_ts(store: EventStore) -> None:
     assert store.insert_batch([ev(1, ts=MONDAY + 5, received_at=None)]) == 1
     _, (event,) = store.query_events(page=1, limit=10, start=None, end=None, event_types=None)
     assert event["received_at"] == MONDAY + 5
+
+
+def test_mongo_counts_a_batch_with_client_retries_without_recounting_days(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client's retry (a new id, a known event_id) is refused by the unique index; the
+    # batch's new events are counted with $inc. Recounting whole days for it made every
+    # batch holding one retry scan millions of events. A replay (a known _id) still recounts.
+    import mongomock
+
+    from tests.fixtures.store import _mongo_store
+
+    store = _mongo_store(mongomock.MongoClient(tz_aware=True))
+    recounted: list[set[int]] = []
+    real = store._recount_days  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "_recount_days", lambda days: recounted.append(days) or real(days))
+    assert store.insert_batch([ev(1, event_id="a"), ev(2)]) == 2
+    assert store.insert_batch([ev(3, event_id="a"), ev(4), ev(5)]) == 2  # ev 3 is a retry
+    assert recounted == []
+    assert store.daily_stats(None, None, None) == [("2024-01-01", "click", 4)]
+    assert store.insert_batch([ev(5), ev(6)]) == 1  # ev 5 again: a replay
+    assert len(recounted) == 1
+    assert store.daily_stats(None, None, None) == [("2024-01-01", "click", 5)]
