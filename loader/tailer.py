@@ -19,9 +19,9 @@ Invariants:
   reading the same inode across the rename, so a read in progress is unaffected.
 - A segment that has vanished under both names (deleted by an operator) is skipped, with a
   warning, once a later segment of its stream exists; until then the stream waits.
-- A stream never moves past a segment that one listing missed because it was being sealed
-  while the directory was read: the move to a next segment at the head of a stream is
-  confirmed by a fresh listing (`Tailer._next_after`).
+- A stream never moves past a segment that a listing missed because it was being created or
+  sealed while the directory was read: the move to a next segment at the head of a stream
+  takes the earliest next segment of three listings (`Tailer._next_after`).
 
 Known limit: a segment whose first id is below its stream's position (a writer restarted with
 its clock stepped back far enough to reuse older ids) is not loaded: it is behind the cursor.
@@ -207,7 +207,10 @@ class Tailer:
             segs = self._listing.get(key)
             if not segs:
                 return "idle"
-            pos = out.positions[key] = Position(segs[0].first_id, 0)
+            # The first segment too may be missing from a listing taken while it was sealed.
+            first = self._next_after(key, -1, segs[0])
+            assert first is not None  # (segs[0] is one of the candidates)
+            pos = out.positions[key] = Position(first.first_id, 0)
         ref, nxt = self._find(key, pos.segment)
         opened = self._open(ref, pos.segment)
         if opened is None:
@@ -244,22 +247,28 @@ class Tailer:
 
     def _next_after(self, key: StreamKey, segment: int, nxt: SegmentRef | None
                     ) -> SegmentRef | None:
-        """The segment to move to once `segment` is sealed and fully read: `nxt` of the
-        listing, confirmed by a fresh listing when the listing may have missed one between.
+        """The segment to move to once `segment` is sealed and fully read (or the first one,
+        `segment` -1): `nxt` of the listing, or an earlier one that the listing missed.
 
-        A directory read is not a snapshot: a segment sealed (renamed) while the directory is
-        read can be missing from it under both names, and the writer seals a segment after it
-        has created the next one. So a listing of X (sealed), Z (new) may lack the Y between
-        them: moving from X to Z would skip Y for good (an audit saw 4 of 680 segments lost
-        so). A rename is atomic and happens once: a listing started after the one that missed
-        Y sees it. Only the head of a stream is being sealed, so a fresh listing is taken only
-        when `nxt` is open or was written to within CONFIRM_WINDOW of the listing: once per
+        A directory read is not a snapshot: a segment created or renamed (sealed) while the
+        directory is read may be missing from it under both names, and the writer seals a
+        segment after it has created the next one. So a listing of X (sealed), Z (new) may
+        lack the Y between them: moving from X to Z would skip Y for good (an audit saw 4 of
+        680 segments lost so). POSIX promises a listing every entry that exists throughout it,
+        and Y changes name twice at most (created, sealed), so of three listings one after
+        the other at least one holds Y: the earliest next segment of the three is the one.
+        Only the head of a stream changes, so the two more listings are taken only when `nxt`
+        is open or was written to within CONFIRM_WINDOW of the listing: at most twice per
         segment at the head, never per segment of an old backlog.
         """
         if nxt is None or (nxt.sealed and nxt.mtime < self._listed_wall - CONFIRM_WINDOW):
             return nxt
-        self.refresh()
-        return self._find(key, segment)[1]
+        for _ in range(2):
+            self.refresh()
+            seen = self._find(key, segment)[1]
+            if seen is not None and seen.first_id < nxt.first_id:
+                nxt = seen
+        return nxt
 
     def _open(self, ref: SegmentRef | None, segment: int) -> tuple[int, bool] | None:
         """An fd on the segment and whether it was opened under its sealed name.

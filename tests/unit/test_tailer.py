@@ -427,3 +427,54 @@ def test_scan_keeps_a_segment_renamed_while_it_is_listed(tmp_path: Path,
     monkeypatch.setattr(os, "scandir", lambda p: [Renamed(e) for e in real_scandir(p)])
     listing = scan(d)
     assert [r.first_id for r in listing[(0, 0)]] == [int(events[0]["id"])]
+
+
+def test_a_segment_missing_from_two_listings_in_a_row_is_not_skipped(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # Y created while one listing ran and sealed while the next ran: two listings in a row
+    # can miss it; a third, after both, cannot.
+    import loader.tailer as tailer_module
+
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    x, y, z = w.events(3), w.events(2), w.events(1)
+    w.write(x)
+    y_path = w.write(y)
+    w.write(z, sealed=False)
+    real_scan = tailer_module.scan
+    calls = []
+
+    def scan_missing_y_twice(directory: Path) -> dict:
+        calls.append(1)
+        listing = real_scan(directory)
+        if len(calls) <= 2:
+            listing[(0, 0)] = [r for r in listing[(0, 0)] if r.name() != y_path.name]
+        return listing
+
+    monkeypatch.setattr(tailer_module, "scan", scan_missing_y_twice)
+    batch = tailer.read({}, 100)
+    assert ids(batch.lines) == [e["id"] for e in x + y + z]
+
+
+def test_a_first_segment_missing_from_the_first_listing_is_not_skipped(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    import loader.tailer as tailer_module
+
+    tailer, _, d = make(tmp_path)
+    w = StreamWriter(d)
+    first, second = w.events(2), w.events(1)
+    first_path = w.write(first)
+    w.write(second, sealed=False)
+    real_scan = tailer_module.scan
+    calls = []
+
+    def scan_missing_first_once(directory: Path) -> dict:
+        calls.append(1)
+        listing = real_scan(directory)
+        if len(calls) == 1:
+            listing[(0, 0)] = [r for r in listing[(0, 0)] if r.name() != first_path.name]
+        return listing
+
+    monkeypatch.setattr(tailer_module, "scan", scan_missing_first_once)
+    batch = tailer.read({}, 100)
+    assert ids(batch.lines) == [e["id"] for e in first + second]
