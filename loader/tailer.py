@@ -34,8 +34,8 @@ thousands of files per batch.
 from __future__ import annotations
 
 import logging
-import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +87,9 @@ def scan(directory: Path) -> dict[StreamKey, list[SegmentRef]]:
         except FileNotFoundError:
             # Renamed (sealed) or deleted since the directory was read. Kept: left out, a
             # segment being sealed would look absent, and the stream would move past it.
-            # Opening tries both names; one deleted for good is skipped as vanished.
-            size, mtime = 0, math.inf
+            # Opening tries both names; one deleted for good is skipped as vanished. (Its
+            # mtime: now, as it just changed; finite, for the lag figures.)
+            size, mtime = 0, time.time()
         prev = found.get(first_id)
         if prev is None or (sealed and not prev.sealed):
             found[first_id] = SegmentRef(first_id, sealed, size, mtime)
@@ -96,6 +97,26 @@ def scan(directory: Path) -> dict[StreamKey, list[SegmentRef]]:
     for first_id in sorted(found):
         streams.setdefault(stream_of(first_id), []).append(found[first_id])
     return streams
+
+
+def _names_after(directory: Path, key: StreamKey, after: int, before: int
+                 ) -> list[tuple[int, bool]]:
+    """(first id, sealed) of the earliest segment of stream `key` between `after` and `before`
+    (exclusive) in a names-only listing: [] or one pair."""
+    best: tuple[int, bool] | None = None
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        parsed = parse_segment_name(name)
+        if parsed is None:
+            continue
+        first_id, sealed = parsed
+        if after < first_id < before and stream_of(first_id) == key and (
+                best is None or first_id < best[0] or (first_id == best[0] and sealed)):
+            best = (first_id, sealed)
+    return [] if best is None else [best]
 
 
 @dataclass(slots=True)
@@ -264,10 +285,10 @@ class Tailer:
         if nxt is None or (nxt.sealed and nxt.mtime < self._listed_wall - CONFIRM_WINDOW):
             return nxt
         for _ in range(2):
-            self.refresh()
-            seen = self._find(key, segment)[1]
-            if seen is not None and seen.first_id < nxt.first_id:
-                nxt = seen
+            # Names only: no stat per entry, which on a directory of thousands of segments
+            # is most of a listing's cost (paid per segment of a recent backlog).
+            for first_id, sealed in _names_after(self.directory, key, segment, nxt.first_id):
+                nxt = SegmentRef(first_id, sealed, 0, self._listed_wall)
         return nxt
 
     def _open(self, ref: SegmentRef | None, segment: int) -> tuple[int, bool] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,8 @@ def test_scan_keeps_a_segment_renamed_while_it_is_listed(tmp_path: Path,
     monkeypatch.setattr(os, "scandir", lambda p: [Renamed(e) for e in real_scandir(p)])
     listing = scan(d)
     assert [r.first_id for r in listing[(0, 0)]] == [int(events[0]["id"])]
+    # Finite: the loader's lag_seconds is computed from it (inf broke /metrics with a 500).
+    assert math.isfinite(listing[(0, 0)][0].mtime)
 
 
 def test_a_segment_missing_from_two_listings_in_a_row_is_not_skipped(
@@ -444,16 +447,24 @@ def test_a_segment_missing_from_two_listings_in_a_row_is_not_skipped(
     real_scan = tailer_module.scan
     calls = []
 
-    def scan_missing_y_twice(directory: Path) -> dict:
-        calls.append(1)
+    def scan_missing_y(directory: Path) -> dict:
         listing = real_scan(directory)
-        if len(calls) <= 2:
-            listing[(0, 0)] = [r for r in listing[(0, 0)] if r.name() != y_path.name]
+        listing[(0, 0)] = [r for r in listing[(0, 0)] if r.name() != y_path.name]
         return listing
 
-    monkeypatch.setattr(tailer_module, "scan", scan_missing_y_twice)
-    batch = tailer.read({}, 100)
-    assert ids(batch.lines) == [e["id"] for e in x + y + z]
+    real_listdir = os.listdir
+
+    def listdir_missing_y_once(directory: Any) -> list[str]:
+        calls.append(1)
+        names = real_listdir(directory)
+        return [n for n in names if n != y_path.name] if len(calls) == 1 else names
+
+    monkeypatch.setattr(tailer_module, "scan", scan_missing_y)  # the listing, and ...
+    monkeypatch.setattr(os, "listdir", listdir_missing_y_once)  # ... the first confirmation
+    x_read = {(0, 0): Position(int(x[0]["id"]), sum(len(event_line(e)) for e in x))}
+    batch = tailer.read(x_read, 100)
+    assert ids(batch.lines) == [e["id"] for e in y + z]
+    assert len(calls) >= 2  # (the move from Y to Z is confirmed too)
 
 
 def test_a_first_segment_missing_from_the_first_listing_is_not_skipped(
