@@ -299,7 +299,8 @@ async def serve_worker(cfg: Config, worker_index: int, ready_file: Path | None =
     # Under the supervisor, SIGINT (Ctrl-C reaches the whole process group) is the
     # supervisor's to act on: it sends SIGTERM in the right order.
     loop.add_signal_handler(signal.SIGINT, (lambda: None) if supervised else stop.set)
-    loop.add_signal_handler(signal.SIGHUP, (lambda: None) if supervised else stop.set)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # (nohup: stays ignored)
+        loop.add_signal_handler(signal.SIGHUP, (lambda: None) if supervised else stop.set)
     worker = await start_worker(cfg, worker_index)
     sockets = getattr(worker.server, "sockets", None) or []
     addr = sockets[0].getsockname() if sockets else ("?", 0)

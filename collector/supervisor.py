@@ -238,7 +238,8 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_signal)  # the terminal closed: stop as for SIGTERM
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # (under nohup: keep it so)
+            signal.signal(signal.SIGHUP, on_signal)  # the terminal closed: stop as for SIGTERM
 
     def watch(self) -> int:
         while not self.stopping:

@@ -652,6 +652,8 @@ def _install_signals(stop: threading.Event) -> dict[int, Any]:
     previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         previous[sig] = signal.getsignal(sig)
+        if sig == signal.SIGHUP and previous[sig] is signal.SIG_IGN:
+            continue  # started under nohup: a hangup stays ignored
         signal.signal(sig, handler)
     if os.environ.get("COLLECTOR_SUPERVISED") == "1":
         # Ctrl-C (and the hangup of a closed terminal) reaches the whole process group;

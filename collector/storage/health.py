@@ -29,7 +29,10 @@ def storage_problem(directory: Path, min_free_bytes: int = MIN_FREE_BYTES) -> st
         return f"cannot inspect the segment directory {directory}: {e.strerror}"
     if st.f_flag & os.ST_RDONLY:
         return f"the segment directory {directory} is on a read-only filesystem"
-    free = st.f_bavail * st.f_frsize
+    if st.f_blocks == 0:
+        return None  # a filesystem that reports no sizes (some FUSE ones): nothing to judge
+    # Root may write into the blocks ext4 reserves for it (f_bfree); others only f_bavail.
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
     if free < min_free_bytes:
         return (f"the disk of the segment directory {directory} is full ({free} bytes free); "
                 "free some space")

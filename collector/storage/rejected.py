@@ -93,6 +93,8 @@ class RejectedLog:
         self._fd = -1
         self._size = 0
         self._last_ms = 0
+        self._prune_due = False
+        """A file was rotated in and the oldest are pruned after its first line."""
         self._failing = False
         self.recorded = 0
         """Lines written."""
@@ -154,9 +156,9 @@ class RejectedLog:
         # Two attempts: the second one runs only when the first landed in a file that had been
         # deleted (pruned by another worker, or the directory removed), into a fresh file.
         for _ in range(2):
-            rotated = self._fd < 0 or self._size >= self.max_file_bytes
-            if rotated:
+            if self._fd < 0 or self._size >= self.max_file_bytes:
                 self._rotate()
+                self._prune_due = True
             before = os.fstat(self._fd).st_size
             try:
                 _write_all(self._fd, line)
@@ -169,10 +171,11 @@ class RejectedLog:
             st = os.fstat(self._fd)
             self._size = st.st_size
             if st.st_nlink > 0:
-                if rotated:
+                if self._prune_due:
                     # Only once a line is in the new file: failing writes (a full disk) must
                     # not replace the history with empty files, one per rejected request.
                     self._prune()
+                    self._prune_due = False
                 return
             self._close_file()
         raise OSError(f"rejected file in {self.directory} keeps disappearing")

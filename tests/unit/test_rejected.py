@@ -176,3 +176,4 @@ def test_a_full_disk_leaves_no_torn_line_and_keeps_the_history(
     assert len(now) <= len(names) + 1  # ... for at most one new (empty) file
     log.record("invalid_event", b"after")
     assert entries(tmp_path)[-1]["body"] == "after"
+    assert len(files(tmp_path)) == 3  # max_files again, once a line is in the new file

@@ -13,7 +13,8 @@ from collector.storage.health import storage_problem
 
 def fake_statvfs(monkeypatch: pytest.MonkeyPatch, *, free_blocks: int, flags: int = 0) -> None:
     monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(
-        f_flag=flags, f_bavail=free_blocks, f_frsize=4096))
+        f_flag=flags, f_bavail=free_blocks, f_bfree=free_blocks, f_blocks=10**6,
+        f_frsize=4096))
 
 
 def test_a_writable_disk_with_room_is_fine(tmp_path: Path) -> None:
@@ -37,3 +38,20 @@ def test_a_read_only_mount_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_a_directory_not_created_yet_is_judged_by_its_parent(tmp_path: Path) -> None:
     assert storage_problem(tmp_path / "segments" / "deeper") is None
+
+
+def test_a_filesystem_that_reports_no_sizes_is_not_called_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(
+        f_flag=0, f_bavail=0, f_bfree=0, f_blocks=0, f_frsize=4096))
+    assert storage_problem(tmp_path) is None
+
+
+def test_root_counts_the_blocks_reserved_for_it(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(
+        f_flag=0, f_bavail=0, f_bfree=10**5, f_blocks=10**6, f_frsize=4096))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert storage_problem(tmp_path) is None
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert storage_problem(tmp_path) is not None
