@@ -213,7 +213,9 @@ class StatsCounters:
         secs = list(map(int, stamps))
         days = list(map(sub, secs, map(mod, secs, repeat(stats.DAY))))
         try:
-            pairs = set(zip(days, users, strict=True))
+            # With each id's type: False == 0 and 1.0 == 1 in a set, yet the ids go to
+            # different places (stats.user_member), so one of them would be lost.
+            pairs = set(zip(days, map(type, users), users, strict=True))
         except TypeError:  # an unhashable user id
             self._count_each(stamps, types, users, oldest)
             return
@@ -221,7 +223,7 @@ class StatsCounters:
         for key, n in Counter(zip(secs, types, strict=True)).items():
             counts[key] = counts.get(key, 0) + n
         add_user_id = self._add_user_id
-        for day, u in pairs:
+        for day, _, u in pairs:
             if u is not None:
                 add_user_id(day, u)
 

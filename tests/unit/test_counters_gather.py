@@ -73,3 +73,15 @@ def test_add_takes_any_iterable_and_keeps_no_event_dict() -> None:
     assert c._ts == [] and c._counts == {(int(NOW) - 5, "a"): 3}
     day = int(NOW) - 5 - (int(NOW) - 5) % 86400
     assert c._bits == {day: {3}}
+
+
+def test_user_ids_equal_in_python_but_counted_apart_are_both_counted() -> None:
+    # False == 0 and 1.0 == 1 in a set; the bitmap takes 0 and 1, the estimate "false" and
+    # the float. Found by the property above: 0 was lost when False came first.
+    events = [{"event_type": "a", "ts": NOW - 5, "params": {"user_id": u}}
+              for u in (False, 0, 1.0, 1)]
+    c = counters()
+    c.add(events)
+    c._gather()
+    assert gathered(c) == by_the_rules(events, Metrics())
+    assert c._bits[int(NOW) - 5 - (int(NOW) - 5) % 86400] == {0, 1}
