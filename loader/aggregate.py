@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable
+from typing import NamedTuple
 
 DAY_SECONDS = 86_400
 PERIODS = ("day", "week", "month", "year")
@@ -83,12 +84,42 @@ def rollup_rows(daily: Iterable[tuple[str, str, int]], period: str) -> list[dict
     return [{"start": s, "event_type": t, "total": n} for (s, t), n in sorted(sums.items())]
 
 
-def day_bounds(start: float | None, end: float | None) -> tuple[str | None, str | None]:
-    """The days containing an inclusive [start, end] range of UNIX seconds (None: unbounded).
+class Piece(NamedTuple):
+    """Part of one UTC day inside a range: ts in [lo, hi), or [lo, hi] when `closed`."""
 
-    Rollups work on whole days: a range that starts or ends inside a day includes that day.
+    day: int
+    lo: float
+    hi: float
+    closed: bool
+
+
+def split_range(start: float | None, end: float | None
+                ) -> tuple[tuple[int | None, int | None] | None, list[Piece]]:
+    """An inclusive range of UNIX seconds as the whole UTC days inside it (`full_days`) and the
+    parts of days at its edges, each within one day.
+
+    So that a total per day can be exact for any range: the whole days from `daily_stats`,
+    the edges counted from the events. Rollups used to count every day the range touched,
+    so a range of 06:00-18:00 counted the events of the whole day, while every other
+    analytics answer (peak times, users, ...) kept to the range.
     """
-    return (None if start is None else day_of(start), None if end is None else day_of(end))
+    days = full_days(start, end)
+    if days is None:
+        # Both bounds are set and no whole day fits: one day's part, or the end of one day
+        # and the start of the next.
+        assert start is not None and end is not None
+        day = day_number(start)
+        midnight = float((day + 1) * DAY_SECONDS)
+        if end < midnight:
+            return None, [Piece(day, start, end, True)]
+        return None, [Piece(day, start, midnight, False), Piece(day + 1, midnight, end, True)]
+    first, last = days
+    pieces = []
+    if first is not None and start is not None and start < first * DAY_SECONDS:
+        pieces.append(Piece(first - 1, start, float(first * DAY_SECONDS), False))
+    if last is not None and end is not None and (last + 1) * DAY_SECONDS <= end:
+        pieces.append(Piece(last + 1, float((last + 1) * DAY_SECONDS), end, True))
+    return days, pieces
 
 
 def full_days(start: float | None, end: float | None) -> tuple[int | None, int | None] | None:

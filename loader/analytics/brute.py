@@ -45,14 +45,11 @@ def _by_user(events: list[Event], user_key: str) -> dict[str, list[Event]]:
 
 def rollup(events: list[Event], period: str, start: float, end: float,
            types: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Whole UTC days touched by [start, end], as daily_stats answers."""
-    first = _dt.datetime.fromtimestamp(start, _dt.UTC).date()
-    last = _dt.datetime.fromtimestamp(end, _dt.UTC).date()
+    """Totals per period of the events in the inclusive range."""
     totals: Counter[tuple[str, str]] = Counter()
-    for e in events:
+    for e in _in_range(events, start, end, types):
         day = _dt.datetime.fromtimestamp(e["ts"], _dt.UTC).date()
-        if first <= day <= last and (types is None or e["event_type"] in types):
-            totals[(period_start(day.isoformat(), period), e["event_type"])] += 1
+        totals[(period_start(day.isoformat(), period), e["event_type"])] += 1
     return {"period": period, "rows": [{"start": s, "event_type": t, "total": n}
                                        for (s, t), n in sorted(totals.items())]}
 

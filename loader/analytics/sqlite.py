@@ -7,7 +7,9 @@ source that gives the exact answer.
 
 Cost model, for 1M events inside the range (bench/analytics.py has the measurements):
 
-* rollup reads `daily_stats` only: a few hundred rows whatever the event count.
+* rollup reads `daily_stats` for the whole days of the range (a few hundred rows whatever the
+  event count) and counts the parts of days at its edges per event type, each one index
+  range count on `(event_type, ts)`.
 * peak-times counts each local hour of the range as one index range count on `events(ts)` (or
   `(event_type, ts)` with eventType): SQLite steps through index entries without touching the
   table or sorting, which is several times cheaper than a GROUP BY over an expression of ts

@@ -49,8 +49,9 @@ class EventStore(Protocol):
 
     def rollup(self, period: str, start: float | None, end: float | None,
                event_types: list[str] | None) -> list[dict[str, Any]]:
-        """Totals per day|week|month|year from daily_stats (whole UTC days; weeks start on
-        Monday): rows {"start": "YYYY-MM-DD", "event_type", "total"}."""
+        """Totals per day|week|month|year of the events in the inclusive range (UTC days; weeks
+        start on Monday): rows {"start": "YYYY-MM-DD", "event_type", "total"}. Whole days come
+        from daily_stats; the parts of days at the range's edges are counted from the events."""
         ...
 
     def count(self) -> int:

@@ -31,7 +31,13 @@ from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError
 
-from loader.aggregate import DAY_SECONDS, day_bounds, day_number, rollup_rows
+from loader.aggregate import (
+    DAY_SECONDS,
+    day_number,
+    day_string,
+    rollup_rows,
+    split_range,
+)
 from loader.stores.base import Event, public_event, user_text
 
 DUPLICATE_KEY = 11000
@@ -228,8 +234,23 @@ class MongoStore:
 
     def rollup(self, period: str, start: float | None, end: float | None,
                event_types: list[str] | None) -> list[dict[str, Any]]:
-        first, last = day_bounds(start, end)
-        return rollup_rows(self.daily_stats(first, last, event_types), period)
+        """Exact for the range: whole days from daily_stats, the parts of days at its edges
+        counted from the events (as the SQLite store does)."""
+        days, pieces = split_range(start, end)
+        rows: list[tuple[str, str, int]] = []
+        if days is not None:
+            first, last = days
+            rows += self.daily_stats(None if first is None else day_string(first),
+                                     None if last is None else day_string(last), event_types)
+        for piece in pieces:
+            flt: dict[str, Any] = {"ts_s": {"$gte": float(piece.lo),
+                                            "$lte" if piece.closed else "$lt": float(piece.hi)}}
+            if event_types:
+                flt["event_type"] = {"$in": list(event_types)}
+            day = day_string(piece.day)
+            rows += [(day, g["_id"], int(g["n"])) for g in self._events.aggregate(
+                [{"$match": flt}, {"$group": {"_id": "$event_type", "n": {"$sum": 1}}}])]
+        return rollup_rows(rows, period)
 
     def count(self) -> int:
         return int(self._events.count_documents({}))

@@ -350,6 +350,26 @@ def test_rollup(backend: Backend, period: str) -> None:
         EVENTS, period, rng.start, rng.end, types)
 
 
+@pytest.mark.parametrize("rng", [
+    Range(EDGE_T1 + 100.5, EDGE_T1 + 100.5),  # one instant: one e_c
+    Range(EDGE_T1 - 6 * 3600, EDGE_T1 + 6 * 3600),  # inside one day
+    Range(utc(2024, 3, 7, 18), utc(2024, 3, 8, 6)),  # across a midnight, no whole day
+    Range(utc(2024, 3, 7, 18, 30), utc(2024, 3, 9)),  # part of a day, a whole day, a midnight
+    Range(utc(2024, 3, 8, 0, 0, 1), utc(2024, 11, 1, 23)),  # months of whole days, two edges
+], ids=["instant", "in-one-day", "across-midnight", "part-whole-midnight", "months"])
+def test_rollup_keeps_to_the_range(backend: Backend, rng: Range) -> None:
+    # A rollup counts the events of the range, not of every day it touches (an audit found
+    # 06:00-18:00 answering the whole day's total, where peak times kept to the range).
+    for period in ("day", "week", "month"):
+        assert backend.analytics.rollup(period, rng, None) == brute.rollup(
+            EVENTS, period, rng.start, rng.end)
+    assert backend.analytics.rollup("day", rng, ("e_c", "e_k")) == brute.rollup(
+        EVENTS, "day", rng.start, rng.end, ("e_c", "e_k"))
+    one = Range(EDGE_T1 + 100.5, EDGE_T1 + 100.5)
+    assert backend.analytics.rollup("day", one, None)["rows"] == [
+        {"start": "2024-03-08", "event_type": "e_c", "total": 1}]
+
+
 def test_inclusive_bounds(backend: Backend) -> None:
     a = backend.analytics
     one = RANGES["one-second"]  # exactly the first and the last e_c

@@ -158,10 +158,13 @@ def test_rollup_week_month_year_boundaries(store: EventStore) -> None:
                                ("2024-12-01", 1), ("2025-01-01", 1)]
     assert totals("year") == [("2023-01-01", 1), ("2024-01-01", 7), ("2025-01-01", 1)]
     assert len(totals("day")) == len(days)
-    # Whole days: a range starting inside a day includes that day.
+    # The range is exact: starting an hour after 2024-01-07's event leaves it out; ending at
+    # 2024-02-01's event keeps it in.
     part = store.rollup("month", day_ts(2024, 1, 7) + 3600, day_ts(2024, 2, 1), ["x"])
-    assert part == [{"start": "2024-01-01", "event_type": "x", "total": 3},
+    assert part == [{"start": "2024-01-01", "event_type": "x", "total": 2},
                     {"start": "2024-02-01", "event_type": "x", "total": 1}]
+    part = store.rollup("month", day_ts(2024, 1, 7), day_ts(2024, 2, 1) - 0.001, ["x"])
+    assert part == [{"start": "2024-01-01", "event_type": "x", "total": 3}]
 
 
 def test_rollup_rejects_an_unknown_period(store: EventStore) -> None:
