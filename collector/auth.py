@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from pathlib import Path
 
 from collector.config import Config
 from collector.http.message import Request, Response, error_response
@@ -26,10 +25,12 @@ def ensure_read_token(cfg: Config) -> tuple[str | None, bool]:
     if cfg.auth.read_token:
         return cfg.auth.read_token, False
     path = cfg.read_token_file
+    empty = False
     try:
         token = path.read_text().strip()
         if token:
             return token, False
+        empty = True  # (an empty file must not become an empty token: see check_read)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,17 +43,32 @@ def ensure_read_token(cfg: Config) -> tuple[str | None, bool]:
     finally:
         os.close(fd)
     try:
-        # O_EXCL-like: another process may have won the race; keep whichever landed first.
-        os.link(tmp, path)
+        if empty:
+            os.replace(tmp, path)  # (one serve per data directory: serve.lock)
+        else:
+            # O_EXCL-like: another process may have won the race; keep whichever landed first.
+            os.link(tmp, path)
     except FileExistsError:
         token = path.read_text().strip()
     finally:
-        os.unlink(tmp)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    if not token:
+        raise RuntimeError(f"{path} holds no read token; delete it and start again")
     return token, True
 
 
-def check_read(request: Request, token: str | None, token_file: Path) -> Response | None:
-    """None when the request may read; otherwise the 401/403 response to send."""
+def token_source(cfg: Config) -> str:
+    """Where an operator finds the read token, for the 401/403 messages."""
+    if cfg.auth.read_token:
+        return "the token is auth.read_token of the configuration (COLLECTOR_AUTH_READ_TOKEN)"
+    return f"the token is in {cfg.read_token_file} (or set auth.read_token / " \
+        "COLLECTOR_AUTH_READ_TOKEN)"
+
+
+def check_read(request: Request, token: str | None, where: str) -> Response | None:
+    """None when the request may read; otherwise the 401/403 response to send. `where` says
+    where the token is (token_source)."""
     if token is None:
         return None
     auth = request.header(b"authorization")
@@ -66,15 +82,17 @@ def check_read(request: Request, token: str | None, token_file: Path) -> Respons
             given.strip() and scheme.isalpha() and len(scheme) <= 16) else ""
         return error_response(
             401, "unauthorized",
-            f"reading events needs 'Authorization: Bearer <read token>'{sent}; the token is in "
-            f"{token_file} (or set auth.read_token / COLLECTOR_AUTH_READ_TOKEN)",
+            f"reading events needs 'Authorization: Bearer <read token>'{sent}; {where}",
             headers=[("WWW-Authenticate", "Bearer")],
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return error_response(
-            403, "forbidden",
-            f"the bearer token is not the read token; the token is in {token_file}",
-        )
+    given = given.strip()
+    if not given:
+        return error_response(401, "unauthorized",
+                              f"the bearer token is empty; send 'Authorization: Bearer <read "
+                              f"token>'; {where}", headers=[("WWW-Authenticate", "Bearer")])
+    # (never an empty token: ensure_read_token and the configuration refuse one)
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        return error_response(403, "forbidden", f"the bearer token is not the read token; {where}")
     return None
 
 

@@ -9,6 +9,7 @@ the collector writes lives under it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -165,6 +166,11 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
+_OTHER_ENV = ("config", "supervised")
+"""COLLECTOR_* variables that are not settings: the config file's path, and the mark the
+supervisor sets for its children (COLLECTOR_TEST_* belong to the test suite)."""
+
+
 def _coerce(value: Any, target: Any, where: str) -> Any:
     """Convert a TOML or environment value to the dataclass field's type, or say what is wrong."""
     t = target if isinstance(target, str) else getattr(target, "__name__", str(target))
@@ -178,22 +184,38 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
                 return False
             raise ValueError(value)
         if t == "int":
-            if isinstance(value, bool):
+            # No silent rounding: port = 8080.9 is a mistake to report, not 8080.
+            if isinstance(value, str):
+                return int(value.strip())
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if type(value) is not int:
                 raise ValueError(value)
-            return int(value)
+            return value
         if t == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         if t == "str":
-            return str(value)
+            if not isinstance(value, str):
+                raise ValueError(value)  # (host = 127 or a list: quote it)
+            return value
         if t.startswith("tuple[str"):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
-            return tuple(str(v) for v in value)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES.get(t, t)}, got {value!r}") from None
     return value
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a finite number", "str": "a quoted string",
+               "bool": "true or false"}
 
 
 def _granularities(value: Any, where: str) -> tuple[Granularity, ...]:
@@ -212,12 +234,15 @@ def _granularities(value: Any, where: str) -> tuple[Granularity, ...]:
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}.{name}: expected a table with seconds, retention, format")
         d = base.get(name)
-        try:
-            seconds = int(spec.get("seconds", d.seconds if d else 0))
-            retention = int(spec.get("retention", d.retention if d else 0))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.{name}: seconds and retention are whole seconds") from None
-        fmt = str(spec.get("format", d.format if d else ""))
+        unknown = sorted(set(spec) - {"seconds", "retention", "format"})
+        if unknown:
+            raise ConfigError(f"{where}.{name} has no key {unknown[0]!r}; known keys: format, "
+                              "retention, seconds")
+        seconds = _coerce(spec.get("seconds", d.seconds if d else 0), "int",
+                          f"{where}.{name}.seconds")
+        retention = _coerce(spec.get("retention", d.retention if d else 0), "int",
+                            f"{where}.{name}.retention")
+        fmt = _coerce(spec.get("format", d.format if d else ""), "str", f"{where}.{name}.format")
         if seconds <= 0 or retention < seconds or not fmt:
             raise ConfigError(
                 f"{where}.{name}: needs seconds > 0, retention >= seconds and a time format"
@@ -298,6 +323,12 @@ def load_config(
         section, _, key = rest.partition("_")
         if section in _SECTIONS and key:
             raw[section][key] = value
+        elif rest not in _OTHER_ENV and not rest.startswith("test_"):
+            # A typo in a section (COLLECTOR_SERVR_PORT) would otherwise be ignored silently.
+            raise ConfigError(
+                f"environment variable {name} names no setting: COLLECTOR_<SECTION>_<KEY> with "
+                f"a section among {', '.join(sorted(_SECTIONS))}, or COLLECTOR_DATA_DIR; fix "
+                "or unset it")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -337,9 +368,57 @@ def validate(cfg: Config) -> None:
     if cfg.store.backend not in ("sqlite", "mongodb"):
         raise ConfigError("store.backend must be 'sqlite' or 'mongodb'")
     for name in ("max_body_bytes", "max_events_per_request", "max_header_bytes",
-                 "max_request_line_bytes", "max_connections", "max_pipelined"):
+                 "max_request_line_bytes", "max_connections", "max_pipelined",
+                 "write_buffer_high"):
         if getattr(s, name) < 1:
             raise ConfigError(f"server.{name} must be positive")
+    if not s.host.strip():
+        raise ConfigError("server.host is empty; give an address (127.0.0.1 by default, "
+                          "0.0.0.0 to listen on every interface, which is then explicit)")
+    _positive(cfg, "server", "header_timeout", "body_timeout", "keepalive_timeout")
+    _at_least_zero(cfg, "server", "shutdown_timeout", "max_future_skew")
+    _positive(cfg, "segments", "roll_seconds", "rejected_max_file_bytes", "rejected_max_files")
+    _at_least_zero(cfg, "segments", "fsync_max_delay", "rejected_body_bytes")
+    _positive(cfg, "redis", "flush_interval", "max_pending_keys", "timeout")
+    if cfg.redis.url:
+        from collector.storage.redis_client import parse_redis_url  # (imports redis)
+
+        parse_redis_url(cfg.redis.url)  # raises ConfigError naming the fix
+    _positive(cfg, "stats", "window_seconds")
+    if not cfg.stats.granularities:
+        raise ConfigError("stats.granularities is empty; name at least one of second, minute, "
+                          "hour, day")
+    if not cfg.stats.user_key:
+        raise ConfigError("stats.user_key is empty; name the params key that holds the user "
+                          "(user_id by default)")
+    if not cfg.store.sqlite_path.strip():
+        raise ConfigError("store.sqlite_path is empty; give a file name (events.db by default)")
+    _positive(cfg, "loader", "batch_size", "poll_interval")
+    _at_least_zero(cfg, "loader", "retention_days")
+    if not 0 <= cfg.loader.metrics_port <= 65535:
+        raise ConfigError(f"loader.metrics_port must be 0 (off) or a port up to 65535, got "
+                          f"{cfg.loader.metrics_port}")
+    a = cfg.auth
+    if a.read_token and (a.read_token != a.read_token.strip() or not a.read_token.strip()):
+        raise ConfigError("auth.read_token has leading or trailing spaces, or only spaces; "
+                          "give the token alone (or nothing, to have one generated)")
+    if any(not k.strip() for k in a.write_keys):
+        raise ConfigError("auth.write_keys holds an empty key; remove it (an empty list turns "
+                          "write keys off)")
+
+
+def _positive(cfg: Config, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(getattr(cfg, section), name)
+        if not value > 0:
+            raise ConfigError(f"{section}.{name} must be greater than 0, got {value}")
+
+
+def _at_least_zero(cfg: Config, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(getattr(cfg, section), name)
+        if not value >= 0:
+            raise ConfigError(f"{section}.{name} must be 0 or more, got {value}")
 
 
 def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:

@@ -119,7 +119,9 @@ class Metrics:
 
 
 def observe_into(buckets: tuple[float, ...], state: list[float], value: float) -> None:
-    state[bisect.bisect_left(buckets, value)] += 1
+    i = bisect.bisect_left(buckets, value)
+    if i < len(buckets):  # (past the last bound, only +Inf, which is the count, holds it)
+        state[i] += 1
     state[-2] += value  # sum
     state[-1] += 1  # count (the +Inf bucket)
 
@@ -163,8 +165,10 @@ def _escape(v: str) -> str:
 
 
 def _num(v: float) -> str:
-    if v == math.inf:
-        return "+Inf"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if math.isnan(v):
+        return "NaN"
     return repr(int(v)) if float(v).is_integer() else repr(float(v))
 
 

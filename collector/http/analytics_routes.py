@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from collector.auth import check_read
+from collector.auth import check_read, token_source
 from collector.context import AppContext
 from collector.http.message import Request, Response, error_response, json_response
 from collector.http.router import Route
@@ -84,7 +84,7 @@ class AnalyticsRoutes:
         return query
 
     async def _serve(self, request: Request, build: Callable[[], Job]) -> Response:
-        denied = check_read(request, self._ctx.read_token, self._ctx.config.read_token_file)
+        denied = check_read(request, self._ctx.read_token, token_source(self._ctx.config))
         if denied is not None:
             return denied
         try:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from collector.auth import check_read
+from collector.auth import check_read, token_source
 from collector.context import AppContext
 from collector.http.message import Request, Response, error_response, json_response
 from collector.http.router import Route
@@ -83,7 +83,7 @@ class EventsReader:
                 log.warning("event store not available for reads: %s", e)
 
     def _denied(self, request: Request) -> Response | None:
-        return check_read(request, self._ctx.read_token, self._ctx.config.read_token_file)
+        return check_read(request, self._ctx.read_token, token_source(self._ctx.config))
 
     async def list_events(self, request: Request) -> Response:
         denied = self._denied(request)
