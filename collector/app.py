@@ -52,7 +52,8 @@ def describe_metrics(m: Metrics) -> None:
                "time from a complete request to its response being written")
     m.describe("collector_events_accepted_total", "counter", "events written to segments")
     m.describe("collector_events_rejected_total", "counter",
-               "requests whose events were rejected, by reason")
+               "events refused, by reason: every event of a refused batch (all or nothing), "
+               "and 1 for a body that could not be read as events")
     m.describe("collector_requests_rejected_total", "counter", "rejected requests by reason")
     m.describe("collector_segment_bytes_total", "counter", "bytes appended to segments")
     m.describe("collector_segment_rotations_total", "counter", "segments sealed")

@@ -55,6 +55,16 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
     return p
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(top=False)
     parser = argparse.ArgumentParser(
@@ -66,12 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the collector (and its loader)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port")
 
     loader = sub.add_parser("loader", parents=[common],
                             help="run the loader alone (segments -> event store)")
-    loader.add_argument("--metrics-port", type=int,
+    loader.add_argument("--metrics-port", type=_port,
                         help="serve the loader's Prometheus metrics on 127.0.0.1:PORT")
 
     sub.add_parser("gen", parents=[common], add_help=False,
@@ -163,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError, redis.RedisError) as e:
             print(f"collector stats rebuild: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("\ncollector stats rebuild: interrupted; run it again with the same --since "
+                  "to finish", file=sys.stderr)
+            return 130
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
         return 0
     if args.command == "check-config":

@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import random
 import ssl
 import sys
@@ -563,7 +564,8 @@ class Summary:
         return ordered[rank - 1]
 
     def report(self) -> str:
-        rate = self.sent / self.elapsed if self.elapsed > 0 else 0.0
+        # The rate of accepted events: a run that reached nothing must not show a rate.
+        rate = self.accepted / self.elapsed if self.elapsed > 0 else 0.0
         rps = self.requests / self.elapsed if self.elapsed > 0 else 0.0
         p50, p99 = self.percentile(50), self.percentile(99)
 
@@ -573,7 +575,7 @@ class Summary:
         lines = [
             f"sent {self.sent} events in {self.requests} requests in {self.elapsed:.2f} s",
             f"accepted {self.accepted}, failed {self.failed}",
-            f"{rate:.0f} events/s, {rps:.0f} requests/s",
+            f"{rate:.0f} events/s accepted, {rps:.0f} requests/s",
             f"latency p50 {ms(p50)}, p99 {ms(p99)}",
         ]
         for reason, n in sorted(self.errors.items(), key=lambda kv: -kv[1]):
@@ -830,6 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # (`reg.sh ... | head`): the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

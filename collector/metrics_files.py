@@ -78,12 +78,11 @@ def read_peer_snapshots(run_dir: Path, worker_index: int) -> list[dict[str, Any]
 
 
 def loader_snapshot(cfg: Config) -> dict[str, Any]:
-    """Loader gauges from its status file, in the snapshot shape (empty when unknown)."""
+    """Loader gauges from its status file, in the snapshot shape (loader_up 0 alone when there
+    is none: a loader that never started, or never got as far as loading)."""
     from loader.status import fill_metrics, read_status
 
     status = read_status(cfg)
-    if not status:
-        return {}
     m = Metrics()
-    fill_metrics(m, status, time.time())
+    fill_metrics(m, status or None, time.time())  # (none yet: loader_up 0)
     return m.snapshot()

@@ -43,8 +43,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -417,16 +418,28 @@ class LoaderDaemon:
             self._stop = stop
         failures = 0
         next_status = 0.0
+        last_error = ""
         while not self._stop.is_set():
             try:
                 n = self.run_once()
+                if failures:
+                    log.info("loading works again after %d failed attempts", failures)
                 failures = 0
+                last_error = ""
             except Exception as e:  # a store outage: keep the daemon alive and retry
                 n = 0
                 failures += 1
                 self._count_error(e)
-                log.exception("loading a batch failed (attempt %d); retrying from the last "
-                              "committed position", failures)
+                # The traceback once per kind of error; a long outage then adds one line per
+                # attempt, not a traceback every few seconds.
+                error = f"{type(e).__name__}: {e}"
+                if error != last_error:
+                    log.exception("loading a batch failed (attempt %d); retrying from the last "
+                                  "committed position", failures)
+                    last_error = error
+                else:
+                    log.error("loading a batch failed again (attempt %d): %s", failures,
+                              _one_line(error))
             now = self.clock.monotonic()
             if now >= next_status:
                 self._publish(status_file, on_status)
@@ -600,12 +613,18 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
     except LockHeld as e:
         print(f"collector loader: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except OSError as e:
+        print(f"collector loader: cannot lock {cfg.run_path / 'loader.lock'}: "
+              f"{e.strerror or e}; check that the data directory is writable", file=sys.stderr)
+        return 2
     stop = threading.Event()
     previous = _install_signals(stop)
     server: MetricsServer | None = None
     store: EventStore | None = None
     try:
-        store = open_store(cfg)
+        store = _open_store_patiently(cfg, stop)
+        if store is None:
+            return 0  # stopped while waiting for the store
         try:
             daemon = LoaderDaemon(cfg, store, clock, metrics=Metrics())
         except ValueError as e:  # an unreadable checkpoint: say what to do, no traceback
@@ -617,7 +636,13 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
               file=sys.stderr, flush=True)
         port = cfg.loader.metrics_port if metrics_port is None else metrics_port
         if port:
-            server = MetricsServer(port)
+            try:
+                server = MetricsServer(port)  # (binds)
+            except OSError as e:
+                print(f"collector loader: cannot serve metrics on 127.0.0.1:{port}: "
+                      f"{e.strerror or e}; choose another --metrics-port (0: none)",
+                      file=sys.stderr)
+                return 2
             server.start()
             print(f"collector loader: metrics on http://127.0.0.1:{server.port}/metrics",
                   file=sys.stderr, flush=True)
@@ -638,6 +663,37 @@ def main(cfg: Config, *, metrics_port: int | None = None, wait_for_lock: bool = 
         if store is not None:
             store.close()
         lock.release()
+
+
+def _open_store_patiently(cfg: Config, stop: threading.Event) -> EventStore | None:
+    """The event store, retried with backoff while it cannot be opened (a MongoDB that is
+    not up yet, a locked SQLite file); None if `stop` is set meanwhile.
+
+    One line per attempt and the attempts counted in the status file (loader_errors_total
+    in the collector's /metrics): exiting instead had the supervisor restart the loader
+    every few seconds, each time with a traceback of pymongo's internals.
+    """
+    from loader.stores.base import STORE_ERRORS
+
+    failures = 0
+    while not stop.is_set():
+        try:
+            return open_store(cfg)
+        except (*STORE_ERRORS, OSError) as e:
+            failures += 1
+            wait = min(MAX_BACKOFF, max(1.0, cfg.loader.poll_interval) * 2 ** min(failures, 6))
+            log.error("cannot open the event store (%s): %s; retrying in %.0f s (attempt %d)",
+                      describe_store(cfg), _one_line(f"{type(e).__name__}: {e}"), wait, failures)
+            with suppress(OSError):
+                write_status(status_path(cfg), {"updated_at": time.time(), "errors": failures,
+                                                "store_error": _one_line(str(e))})
+            stop.wait(wait)
+    return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:

@@ -170,9 +170,12 @@ class Ingest:
             texts: list[bytes] = []
             events = validate_batch(items, received_at, self.limits, body=body, texts=texts)
         except TooManyEvents as e:
-            return self._reject(request, body, 413, "too_many_events", e.message)
+            return self._reject(request, body, 413, "too_many_events", e.message,
+                                events=e.count)
         except BatchRejected as e:
-            return self._reject(request, body, 400, "invalid_events", e.message, e.errors)
+            # All or nothing: every event of the batch is refused, the valid ones too.
+            return self._reject(request, body, 400, "invalid_events", e.message, e.errors,
+                                events=e.total)
         except BadEvent as e:
             return self._reject(request, body, 400, "invalid_event", e.message)
         return self._store(events, received_at, False, texts)
@@ -189,8 +192,10 @@ class Ingest:
         return gunzip(body, self.max_body)
 
     def _reject(self, request: Request, body: bytes, status: int, code: str, message: str,
-                errors: list[dict[str, Any]] | None = None) -> Response:
-        self.metrics.inc("collector_events_rejected_total", reason=code)
+                errors: list[dict[str, Any]] | None = None, *, events: int = 1) -> Response:
+        """`events`: how many events the request held, when that is known (1 otherwise: a
+        body that is not JSON, a bad encoding, ...)."""
+        self.metrics.inc("collector_events_rejected_total", events, reason=code)
         self.metrics.inc("collector_requests_rejected_total", reason=code)
         rejected = self.ctx.rejected
         if rejected is not None:

@@ -415,6 +415,14 @@ def test_metrics_counters_move(srv: ServerProcess, rawconn: Connect) -> None:
     rejected_after = sum(v for (n, _), v in after.items()
                          if n == "collector_events_rejected_total")
     assert rejected_after - rejected_before == 1
+    # A refused batch counts its events (all of them: all or nothing), not 1 per request.
+    assert post(conn, [{"event_type": "ok"}] * 4 + [{"event_type": ""}]).status == 400
+    requests = sum(v for (n, _), v in scrape(srv).items()
+                   if n == "collector_requests_rejected_total")
+    later = sum(v for (n, _), v in scrape(srv).items() if n == "collector_events_rejected_total")
+    assert later - rejected_after == 5
+    assert requests - sum(v for (n, _), v in before.items()
+                          if n == "collector_requests_rejected_total") == 2
     assert metric(after, "collector_segment_bytes_total") > \
         metric(before, "collector_segment_bytes_total")
     count = "collector_request_duration_seconds_count"

@@ -408,5 +408,11 @@ def test_report_rates_use_elapsed_time() -> None:
     s = gen.Summary(sent=1000, accepted=1000, requests=100, elapsed=2.0,
                     latencies=[0.001] * 100)
     text = s.report()
-    assert "500 events/s, 50 requests/s" in text
+    assert "500 events/s accepted, 50 requests/s" in text
     assert "p50 1.00 ms, p99 1.00 ms" in text
+
+
+def test_a_run_that_reached_nothing_shows_no_rate() -> None:
+    # An audit: with the collector down, the report said "3601 events/s".
+    s = gen.Summary(sent=10, failed=10, failed_requests=10, requests=10, elapsed=0.01)
+    assert "0 events/s accepted" in s.report()
