@@ -676,10 +676,11 @@ def _open_store_patiently(cfg: Config, stop: threading.Event) -> EventStore | No
     from loader.stores.base import STORE_ERRORS
 
     failures = 0
+    retried: tuple[type[BaseException], ...] = (*STORE_ERRORS, OSError)
     while not stop.is_set():
         try:
             return open_store(cfg)
-        except (*STORE_ERRORS, OSError) as e:
+        except retried as e:
             failures += 1
             wait = min(MAX_BACKOFF, max(1.0, cfg.loader.poll_interval) * 2 ** min(failures, 6))
             log.error("cannot open the event store (%s): %s; retrying in %.0f s (attempt %d)",
