@@ -577,6 +577,11 @@ def _check_ts(field: str, value: float, ra: float, upper: float) -> NoReturn:
     raise AssertionError(f"{field} {value} failed the range check without a reason")
 
 
+def has_control(value: str) -> bool:
+    """Whether a string holds a control character, which no stored string field may."""
+    return _CONTROL.search(value) is not None
+
+
 def _check_text(field: str, value: str, max_chars: int) -> None:
     """Length and control characters of a string field (after any stripping)."""
     if not value:
@@ -838,4 +843,15 @@ def event_from_query(args: dict[str, str]) -> dict[str, Any]:
                 f"not {_json_type(parsed)}"
             )
         raw["params"] = parsed
+    for name in ("ts", "sent_at"):
+        # A number written as JSON writes it ("-1", "1e9") is judged as that number, so the
+        # message says what is wrong with it ("must be >= 0"), not that it is no number.
+        text = raw.get(name)
+        if text is not None and not text.isdigit():
+            try:
+                number = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if type(number) in (int, float):
+                raw[name] = number
     return raw

@@ -57,7 +57,7 @@ def routes(ctx: AppContext) -> list[Route]:
               "(read token needed)"),
         Route("POST", "/api/analytics/funnel", api.funnel,
               'funnel conversion: {"steps": [...], "window": seconds, "from": ..., "to": ...} '
-              "(read token needed)"),
+              "(read token needed)", precheck=api.denied),
     ]
 
 
@@ -83,8 +83,12 @@ class AnalyticsRoutes:
         P.check_known(query, allowed)
         return query
 
+    def denied(self, request: Request) -> Response | None:
+        """The 401/403 of a request without the read token (also Route.precheck)."""
+        return check_read(request, self._ctx.read_token, token_source(self._ctx.config))
+
     async def _serve(self, request: Request, build: Callable[[], Job]) -> Response:
-        denied = check_read(request, self._ctx.read_token, token_source(self._ctx.config))
+        denied = self.denied(request)
         if denied is not None:
             return denied
         try:

@@ -109,6 +109,15 @@ def gunzip(body: bytes, max_body: int) -> bytes | tuple[int, str, str]:
     return out[0] if len(out) == 1 else b"".join(out)
 
 
+def _unsupported_encoding(encoding: bytes) -> tuple[int, str, str] | None:
+    enc = encoding.strip().lower()
+    if enc in (b"identity", b"gzip", b"x-gzip"):
+        return None
+    return (415, "unsupported_encoding",
+            f"Content-Encoding {enc.decode('latin-1')!r} is not supported; send gzip or no "
+            "Content-Encoding")
+
+
 class Ingest:
     """POST /api/events and GET /api/events/pixel.gif."""
 
@@ -139,7 +148,9 @@ class Ingest:
             return error_response(
                 411, "length_required",
                 "send the events as a body with a Content-Length header (or chunked)")
-        encoding = request.header(b"content-encoding")
+        # Every Content-Encoding line: a second one ("gzip" then "br") is a list to refuse,
+        # not a line to ignore (an audit got a 202 for it).
+        encoding = request.header_list(b"content-encoding")
         if encoding is not None:
             decoded = self._decode(body, encoding)
             if type(decoded) is tuple:
@@ -182,14 +193,26 @@ class Ingest:
 
     def _decode(self, body: bytes, encoding: bytes) -> bytes | tuple[int, str, str]:
         """The decoded body, or (status, code, message) of why it cannot be decoded."""
-        enc = encoding.strip().lower()
-        if enc == b"identity":
+        refused = _unsupported_encoding(encoding)
+        if refused is not None:
+            return refused
+        if encoding.strip().lower() == b"identity":
             return body
-        if enc not in (b"gzip", b"x-gzip"):
-            return (415, "unsupported_encoding",
-                    f"Content-Encoding {enc.decode('latin-1')!r} is not supported; "
-                    "send gzip or no Content-Encoding")
         return gunzip(body, self.max_body)
+
+    def precheck(self, request: Request) -> Response | None:
+        """What POST /api/events refuses from the head alone (Route.precheck): a missing or
+        wrong write key, an unsupported Content-Encoding."""
+        if self.write_keys:
+            denied = check_write(request, self.write_keys)
+            if denied is not None:
+                return denied
+        encoding = request.header_list(b"content-encoding")
+        refused = None if encoding is None else _unsupported_encoding(encoding)
+        if refused is not None:
+            self.metrics.inc("collector_requests_rejected_total", reason=refused[1])
+            return error_response(*refused)
+        return None
 
     def _reject(self, request: Request, body: bytes, status: int, code: str, message: str,
                 errors: list[dict[str, Any]] | None = None, *, events: int = 1) -> Response:
@@ -294,6 +317,10 @@ class Ingest:
         except BadEvent as e:
             body = request.query_string.encode("latin-1", "replace")
             return self._reject(request, body, 400, "invalid_event", e.message)
+        if request.method == "HEAD":
+            # A safe method (RFC 9110 §9.2.1): link checkers and prefetchers send it; the
+            # answer is the GET's, nothing is recorded.
+            return Response(200, PIXEL_GIF, "image/gif", [("cache-control", "no-store, max-age=0")])
         return self._store(events, received_at, True)
 
 
@@ -326,8 +353,13 @@ def routes(ctx: AppContext, all_routes: list[Route]) -> list[Route]:
         reason = writer.last_error if not writer.available else storage_problem(
             ctx.config.segments_path)
         if reason is not None:
-            return json_response(503, {"status": "unavailable", "reason": reason,
-                                       "segments": str(ctx.config.segments_path)})
+            # The error shape of SPEC §3 ("error", "message"), with the fields of the 200.
+            return json_response(503, {
+                "error": "storage_unavailable",
+                "message": f"events cannot be stored: {reason}; fix the segment directory "
+                           "(space, permissions) and the collector recovers by itself",
+                "status": "unavailable", "reason": reason,
+                "segments": str(ctx.config.segments_path)}, headers=[("retry-after", "1")])
         return json_response(200, {"status": "ok", "worker": ctx.worker_index,
                                    "segments": str(ctx.config.segments_path)})
 
@@ -336,7 +368,8 @@ def routes(ctx: AppContext, all_routes: list[Route]) -> list[Route]:
                         "text/plain; version=0.0.4; charset=utf-8")
 
     return [
-        Route("POST", "/api/events", ingest.post, "register events (one, an array, or NDJSON)"),
+        Route("POST", "/api/events", ingest.post, "register events (one, an array, or NDJSON)",
+              precheck=ingest.precheck),
         Route("GET", "/api/events/pixel.gif", ingest.pixel,
               "record one event from the query string; answers a 1x1 GIF"),
         Route("GET", "/help", get_help, "this document"),

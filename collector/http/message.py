@@ -38,6 +38,14 @@ class Request:
                 return v
         return default
 
+    def header_list(self, name: bytes) -> bytes | None:
+        """Every value of header `name` (lowercase) joined by ", ", as RFC 9110 §5.3 reads
+        repeated field lines of a list header; None when absent."""
+        values = [v for k, v in self.headers if k == name]
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else b", ".join(values)
+
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:

@@ -56,6 +56,7 @@ Limits (ParserLimits)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from collector.errors import ProtocolError
@@ -489,12 +490,7 @@ class RequestParser:
         controls = line.translate(None, _NOT_CTL)
         if b"\n" in controls or b"\r" in controls:
             raise _bare_line_end("LF" if b"\n" in controls else "CR")
-        if (
-            controls
-            or not size_text
-            or len(size_text) > _MAX_CHUNK_SIZE_DIGITS
-            or size_text.translate(None, _HEXDIG)
-        ):
+        if controls or not size_text or size_text.translate(None, _HEXDIG):
             shown = line[:40].decode("latin-1")
             raise ProtocolError(
                 f"invalid chunk-size line {shown!r}; each chunk must start with its size in "
@@ -502,13 +498,18 @@ class RequestParser:
                 400,
                 "bad_chunk",
             )
-        size = int(size_text, 16)
+        digits = size_text.lstrip(b"0") or b"0"  # (leading zeros are valid: 1*HEXDIG)
+        max_body = self._limits.max_body
+        if len(digits) > _MAX_CHUNK_SIZE_DIGITS:
+            raise ProtocolError(
+                f"a chunk of 0x{digits[:20].decode()}... bytes exceeds the body limit of "
+                f"{max_body} bytes; send smaller batches", 413, "body_too_large")
+        size = int(digits, 16)
         self._pos = i + 2
         if size == 0:
             self._chunk_phase = _TRAILERS
             self._reset_head_scan()
             return True
-        max_body = self._limits.max_body
         if self._seen + size > max_body:
             raise ProtocolError(
                 f"the chunked request body exceeds {max_body} bytes; send smaller batches",
@@ -685,6 +686,12 @@ def _parse_field_line(line: bytes) -> tuple[bytes, bytes]:
         _check_field_line(line, "header")
         raise AssertionError("unreachable: a bad field line fails _check_field_line")
     field = (name.lower(), value.strip(b" \t"))
+    if field[0] == b"host" and _HOST.fullmatch(field[1]) is None:
+        # RFC 9112 §3.2: a Host that is not a valid host[:port] gets a 400 (checked once per
+        # distinct line: valid ones are remembered below).
+        shown = field[1][:60].decode("latin-1")
+        raise ProtocolError(f"invalid Host header {shown!r}; send 'Host: name[:port]'", 400,
+                            "bad_host")
     if len(line) <= _CACHED_LINE_BYTES:
         if len(_FIELD_LINES) >= _CACHED_LINES:
             _FIELD_LINES.clear()
@@ -886,6 +893,11 @@ def _trailers_too_large(limits: ParserLimits) -> ProtocolError:
         431,
         "headers_too_large",
     )
+
+
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~!$&'()*+,;=%]*)"
+                   rb"(?::[0-9]*)?")
+"""RFC 3986 host (IP-literal, IPv4address or reg-name) and an optional port."""
 
 
 def _bad_host(count: int) -> ProtocolError:

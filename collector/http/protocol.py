@@ -93,6 +93,10 @@ class ServerState:
     worker lets the segment writer flush there once enough requests wait for it)."""
 
 
+_KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                            "TRACE", "PATCH"))
+"""RFC 9110's methods and PATCH (RFC 5789): another method gets 501 (see _dispatch)."""
+
 _IDLE, _HEADER, _BODY, _FIRST = 0, 1, 2, 3
 """Deadline kinds. _FIRST: a new connection waits at most the header timeout for its first
 request (the keep-alive timeout is for a client that has been served; a connection that
@@ -243,8 +247,28 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(_BODY)
         if head.expect_continue and not self.continue_sent:
             self.continue_sent = True
+            refusal = self._refusal_from_head(head)
+            if refusal is not None:
+                # The final status instead of 100 (RFC 9110 §10.1.1): the client keeps its
+                # body. The connection closes, since that body may still follow.
+                self._cancel_timer()
+                self._respond(Response(refusal.status, refusal.body, refusal.content_type,
+                                       refusal.headers, True), "unmatched")
+                return
             assert self.transport is not None
             self.transport.write(CONTINUE)
+
+    def _refusal_from_head(self, head: RequestHead) -> Response | None:
+        """The response the head alone decides (unknown path or method, or what the route's
+        precheck refuses: a write key, an encoding, the read token), or None."""
+        path, _, query = head.target.partition("?")
+        request = Request(head.method, path, query, head.headers, b"", head.version,
+                          self.client)
+        handler, allowed = self.state.router.resolve(request)
+        if handler is None:
+            return _unroutable(head.method, path, allowed)
+        precheck = self.state.router.precheck(handler)
+        return None if precheck is None else precheck(request)
 
     def _dispatch(self, body: bytes) -> None:
         head = self.head
@@ -259,16 +283,7 @@ class HttpProtocol(asyncio.Protocol):
         router = self.state.router
         handler, allowed = router.resolve(request)
         if handler is None:
-            if allowed:
-                resp = error_response(
-                    405, "method_not_allowed",
-                    f"{head.method} is not allowed on {path}; use {', '.join(allowed)}",
-                    headers=[("allow", ", ".join(allowed))],
-                )
-            else:
-                resp = error_response(
-                    404, "not_found", f"no route for {path}; GET /help lists the routes")
-            self._respond(resp, "unmatched")
+            self._respond(_unroutable(head.method, path, allowed), "unmatched")
             return
         label = request.path if not request.path_params else _pattern_label(request)
         try:
@@ -422,6 +437,24 @@ class HttpProtocol(asyncio.Protocol):
             408, "request_timeout",
             f"{what} did not arrive in time; send the whole request without pauses",
             close=True), "invalid")
+
+
+def _unroutable(method: str, path: str, allowed: list[str]) -> Response:
+    """501 for a method unknown to HTTP, 405 (with Allow) for one the path does not take, 404
+    for a path with no route."""
+    if method not in _KNOWN_METHODS:
+        # RFC 9110 §9.1: a method the server does not know is 501, not 405 (methods are
+        # case-sensitive: "get" is not GET).
+        return error_response(
+            501, "not_implemented",
+            f"method {method!r} is not implemented; use "
+            f"{', '.join(allowed) if allowed else 'GET, POST or OPTIONS'}")
+    if allowed:
+        return error_response(
+            405, "method_not_allowed",
+            f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+            headers=[("allow", ", ".join(allowed))])
+    return error_response(404, "not_found", f"no route for {path}; GET /help lists the routes")
 
 
 def _pattern_label(request: Request) -> str:

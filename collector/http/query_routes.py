@@ -65,7 +65,7 @@ def routes(ctx: AppContext) -> list[Route]:
               "(read token needed)"),
         Route("POST", "/api/events/query", reader.query_events,
               "filtered events: page, limit, startDate, endDate, eventType "
-              "(JSON or form body; read token needed)"),
+              "(JSON or form body; read token needed)", precheck=reader.denied),
     ]
 
 
@@ -82,17 +82,18 @@ class EventsReader:
             except Exception as e:  # reads answer 503 below; ingestion must not care
                 log.warning("event store not available for reads: %s", e)
 
-    def _denied(self, request: Request) -> Response | None:
+    def denied(self, request: Request) -> Response | None:
+        """The 401/403 of a request without the read token (also Route.precheck)."""
         return check_read(request, self._ctx.read_token, token_source(self._ctx.config))
 
     async def list_events(self, request: Request) -> Response:
-        denied = self._denied(request)
+        denied = self.denied(request)
         if denied is not None:
             return denied
         return await self._filtered(form_fields(request.query), strict=False)
 
     async def query_events(self, request: Request) -> Response:
-        denied = self._denied(request)
+        denied = self.denied(request)
         if denied is not None:
             return denied
         try:

@@ -13,8 +13,12 @@ from http import HTTPStatus
 
 from collector.http.message import Response
 
+_PHRASES_9110 = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+"""RFC 9110 §15's reason phrases where Python 3.11's HTTPStatus still has the older ones."""
+
 STATUS_LINE: dict[int, bytes] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
+    s.value: f"HTTP/1.1 {s.value} {_PHRASES_9110.get(s.value, s.phrase)}\r\n".encode("ascii")
+    for s in HTTPStatus
 }
 
 CORS = b"access-control-allow-origin: *\r\n"

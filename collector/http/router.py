@@ -6,9 +6,13 @@ are tried in registration order only when no exact path matches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector.http.message import Handler, Request
+from collector.http.message import Handler, Request, Response
+
+Precheck = Callable[[Request], "Response | None"]
+"""What a route can refuse from the head alone (auth, encoding): the refusal, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +21,10 @@ class Route:
     path: str
     handler: Handler
     summary: str = ""
+    precheck: Precheck | None = None
+    """Run before a body the client holds back for `Expect: 100-continue` is asked for: a
+    refusal is sent instead of "100 Continue" (RFC 9110 §10.1.1), so the client does not
+    upload a body only to learn that its key or encoding is refused."""
 
 
 class Router:
@@ -24,8 +32,15 @@ class Router:
         self._exact: dict[str, dict[str, Handler]] = {}
         self._patterns: list[tuple[list[str], dict[str, Handler]]] = []
         self.routes: list[Route] = []
+        self._prechecks: dict[Handler, Precheck] = {}
+
+    def precheck(self, handler: Handler) -> Precheck | None:
+        """The precheck of the route `handler` serves, if it has one."""
+        return self._prechecks.get(handler)
 
     def add(self, route: Route) -> None:
+        if route.precheck is not None:
+            self._prechecks[route.handler] = route.precheck
         if ":" in route.path:
             parts = route.path.strip("/").split("/")
             for pat, methods in self._patterns:

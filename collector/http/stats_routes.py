@@ -43,6 +43,7 @@ from collector.config import Granularity
 from collector.context import AppContext
 from collector.http.message import Request, Response, error_response, json_response
 from collector.http.router import Route
+from collector.schema import has_control
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,20 @@ class StatsReader:
         raw = (request.path_params or {}).get("type")
         # The router matches the raw path: a type with spaces or slashes arrives %-encoded.
         # Stripped, as ingestion strips it before storing.
-        event_type = unquote(raw).strip() if raw is not None else None
+        event_type = None
+        if raw is not None:
+            try:
+                event_type = unquote(raw, errors="strict").strip()
+            except UnicodeDecodeError:
+                event_type = None
+            if not event_type or has_control(event_type):
+                # What ingestion refuses can have no count: say so rather than answer zeros
+                # for U+FFFD or a NUL (an audit).
+                return error_response(
+                    400, "bad_event_type",
+                    f"the event type in the path {raw[:80]!r} is not a valid event type once "
+                    "percent-decoded (UTF-8, no control characters); encode it with "
+                    "encodeURIComponent")
         picked = request.arg("granularity")
         if picked is not None:
             grans = tuple(g for g in self._grans if g.name == picked)

@@ -302,6 +302,64 @@ def test_expect_100_continue_rejected_early_gets_no_100(srv: ServerProcess,
     assert conn.wait_closed()
 
 
+@pytest.mark.parametrize(("method", "path", "headers", "status", "code"), [
+    ("POST", "/api/events", {"Content-Encoding": "br"}, 415, "unsupported_encoding"),
+    ("POST", "/nope", {}, 404, "not_found"),
+    ("PUT", "/api/events", {}, 405, "method_not_allowed"),
+    ("POST", "/api/events/query", {}, 401, "unauthorized"),
+    ("POST", "/api/analytics/funnel", {"Authorization": "Bearer wrong"}, 403, "forbidden"),
+], ids=["encoding", "path", "method", "no-token", "wrong-token"])
+def test_expect_100_continue_gets_the_final_status_the_head_decides(
+        srv: ServerProcess, rawconn: Connect, method: str, path: str, headers: dict[str, str],
+        status: int, code: str) -> None:
+    # RFC 9110 §10.1.1: a status the head alone decides is sent at once, instead of a 100
+    # that makes the client upload the body first (an audit: only 411 and 413 were).
+    conn = rawconn(srv.port)
+    conn.send(request_bytes(method, path, headers={
+        "Content-Length": "5000", "Expect": "100-continue", **headers}))
+    resp = conn.read_response()
+    assert_error(resp, status, code)
+    assert resp.closes and conn.wait_closed()
+
+
+def test_every_content_encoding_line_counts(srv: ServerProcess, rawconn: Connect) -> None:
+    # RFC 9110 §5.3: two field lines are one list; "gzip" then "br" is not gzip (an audit got
+    # a 202 for a gzip body with a second line naming br).
+    mark = marker("two-encodings")
+    conn = rawconn(srv.port)
+    body = gzip.compress(event(mark))
+    conn.send(request_bytes("POST", "/api/events", body, [
+        ("Content-Encoding", "gzip"), ("Content-Encoding", "br")]))
+    assert_error(conn.read_response(), 415, "unsupported_encoding")
+    assert stored(srv, mark) == {mark: 0}
+
+
+@pytest.mark.parametrize("method", ["FOO", "get", "PROPFIND"])
+def test_an_unknown_method_is_501(srv: ServerProcess, rawconn: Connect, method: str) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes(method, "/healthz"))
+    assert_error(conn.read_response(), 501, "not_implemented")
+
+
+def test_head_of_the_pixel_records_nothing(srv: ServerProcess, rawconn: Connect) -> None:
+    mark = marker("head-pixel")
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("HEAD", f"/api/events/pixel.gif?event_type=open&event_id={mark}"))
+    resp = conn.read_response(head=True)
+    assert resp.status == 200 and resp.header("content-type") == "image/gif"
+    conn.send(request_bytes("GET", f"/api/events/pixel.gif?event_type=open&event_id={mark}"))
+    assert conn.read_response().status == 200
+    assert stored(srv, mark) == {mark: 1}
+
+
+@pytest.mark.parametrize("path", ["/api/stats/%ff%fe", "/api/stats/a%00b", "/api/stats/%01"])
+def test_a_stats_type_that_no_event_can_have_is_400(srv: ServerProcess, rawconn: Connect,
+                                                   path: str) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("GET", path))
+    assert_error(conn.read_response(), 400, "bad_event_type")
+
+
 def test_expect_100_continue_with_the_body_already_sent(srv: ServerProcess,
                                                         rawconn: Connect) -> None:
     # A client that does not wait for 100 (allowed, RFC 9110 §10.1.1): the final response

@@ -123,6 +123,7 @@ def test_segment_directory_removed_while_running(start_server: Start, rawconn: C
     assert status == 503
     health = orjson.loads(body)
     assert health["status"] == "unavailable" and health["reason"], health
+    assert health["error"] == "storage_unavailable" and health["message"], health  # SPEC §3
 
     segments.unlink()
     ledger.until(202, n=2)

@@ -386,6 +386,8 @@ CHUNKED = {
     "extension-with-bws": (b"5 ;a=b\r\nhello\r\n0\t; x\r\n\r\n", b"hello"),
     "uppercase-hex": (b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
     "leading-zeros": (b"0005\r\nhello\r\n000\r\n\r\n", b"hello"),
+    # 1*HEXDIG: any number of leading zeros (an audit found 17 or more refused).
+    "many-leading-zeros": (b"0" * 40 + b"5\r\nhello\r\n" + b"0" * 40 + b"\r\n\r\n", b"hello"),
     "trailers": (chunked(b"hello", trailers=b"X-Checksum: abc\r\nX-Other: 1\r\n"), b"hello"),
     "empty-body": (chunked(), b""),
     "binary": (chunked(b"\r\n\x00\r\n0\r\n\r\n"), b"\r\n\x00\r\n0\r\n\r\n"),
@@ -602,7 +604,7 @@ CHUNK_ERRORS = {
     "leading-space": (b" 5\r\nhello\r\n0\r\n\r\n", 400, "bad_chunk"),
     "underscore": (b"1_0\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n", 400, "bad_chunk"),
     "empty-size": (b"\r\nhello\r\n0\r\n\r\n", 400, "bad_chunk"),
-    "too-many-digits": (b"0" * 17 + b"5\r\nhello\r\n0\r\n\r\n", 400, "bad_chunk"),
+    "too-many-digits": (b"1" + b"0" * 16 + b"\r\nhello\r\n0\r\n\r\n", 413, "body_too_large"),
     "data-longer-than-size": (b"5\r\nhello!\r\n0\r\n\r\n", 400, "bad_chunk"),
     "data-shorter-than-size": (b"6\r\nhello\r\n0\r\n\r\n", 400, "bad_chunk"),
     "bare-lf-after-size": (b"5\nhello\r\n0\r\n\r\n", 400, "bad_line_ending"),
@@ -1106,3 +1108,16 @@ def test_at_rest_only_between_requests_with_nothing_buffered() -> None:
     assert parser.at_rest
     parser.feed(b"")
     assert not parser.at_rest  # EOF: next_event() has something to say
+
+
+@pytest.mark.parametrize("value", [b"a b/c", b"a, b", b"x/y", b"a@b", b"[::1", b"h:80x"])
+def test_an_invalid_host_value_is_400(value: bytes) -> None:
+    # RFC 9112 §3.2: a server MUST answer 400 to a Host field with an invalid value (an audit
+    # found 'a b/c' served).
+    expect_error(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n", 400, "bad_host")
+
+
+@pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"127.0.0.1:80",
+                                   b"[::1]:8080", b"", b"xn--bcher-kva.example"])
+def test_a_valid_host_value_is_accepted(value: bytes) -> None:
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: " + value).method == "GET"

@@ -837,6 +837,15 @@ def test_query_builds_the_raw_event_for_the_validator() -> None:
     }
 
 
+def test_query_numbers_are_judged_as_numbers() -> None:
+    # An audit: ts=-1 was refused as "not a number", where a JSON -1 says "must be >= 0".
+    assert ">= 0" in reason(event_from_query({"event_type": "open", "ts": "-1"}))
+    assert "milliseconds" in reason(event_from_query({"event_type": "open", "ts": "1e12"}))
+    assert valid(event_from_query({"event_type": "open", "ts": "1456606932.5"}))["ts"] == \
+        1456606932.5
+    assert "not a number" in reason(event_from_query({"event_type": "open", "ts": "soon"}))
+
+
 def test_query_with_empty_values_treats_them_as_absent() -> None:
     raw = event_from_query({"event_type": "open", "params": "", "ts": ""})
     assert valid(raw) == {"event_type": "open", "ts": RA, "params": {}}
