@@ -150,8 +150,10 @@ class Ingest:
                 "send the events as a body with a Content-Length header (or chunked)")
         # Every Content-Encoding line: a second one ("gzip" then "br") is a list to refuse,
         # not a line to ignore (an audit got a 202 for it).
-        encoding = request.header_list(b"content-encoding")
+        encoding = request.header(b"content-encoding")
         if encoding is not None:
+            encoding = request.header_list(b"content-encoding")  # (the common request has none)
+            assert encoding is not None
             decoded = self._decode(body, encoding)
             if type(decoded) is tuple:
                 return self._reject(request, body, *decoded)
