@@ -109,11 +109,28 @@ def build_context(cfg: Config, worker_index: int, loop: asyncio.AbstractEventLoo
     return ctx
 
 
+async def attach_processors(ctx: AppContext) -> None:
+    """The request-path processors of `processors.request`, in order (collector/processors.py)."""
+    from collector import processors
+
+    for name in ctx.config.processors.request:
+        if name == "redis_stats":
+            await attach_redis(ctx)
+            continue
+        proc = processors.load(name)(ctx)
+        start = getattr(proc, "start", None)
+        if start is not None:
+            await start()
+        ctx.processors.append(proc)
+        log.info("processor %s attached", name)
+
+
 async def attach_redis(ctx: AppContext) -> None:
     """Redis counters on the request path, when a Redis URL is known (never fatal)."""
     cfg = ctx.config
-    if not cfg.redis.enabled or not cfg.redis.url:
-        log.info("real-time stats are off (no redis.url)")
+    if not cfg.stats_enabled or not cfg.redis.url:
+        log.info("real-time stats are off (%s)", "no redis.url" if cfg.stats_enabled else
+                 "redis.enabled is false, or processors.request has no redis_stats")
         return
     from collector.storage.counters import StatsCounters
     from collector.storage.redis_client import make_redis_client
@@ -244,7 +261,7 @@ async def start_worker(cfg: Config, worker_index: int = 0, *,
                        clock: Clock | None = None) -> Worker:
     loop = asyncio.get_running_loop()
     ctx = build_context(cfg, worker_index, loop, clock)
-    await attach_redis(ctx)
+    await attach_processors(ctx)
     attach_store(ctx)
     from collector.auth import ensure_read_token
 
@@ -276,6 +293,15 @@ async def stop_worker(worker: Worker) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     await ctx.writer.close()
+    for proc in ctx.processors:
+        if proc is ctx.counters:
+            continue
+        close = getattr(proc, "close", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # (one processor's failure does not stop the others' close)
+                log.exception("processor %s failed to close", type(proc).__name__)
     if ctx.counters is not None:
         await ctx.counters.close()
     if ctx.redis is not None:

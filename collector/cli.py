@@ -144,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         _setup_logging(args.log_level, "supervisor")
+        from collector import processors
         from collector.supervisor import serve
+
+        try:
+            processors.check(cfg)
+        except ConfigError as e:
+            print(f"collector: configuration error: {e}", file=sys.stderr)
+            return 2
 
         return serve(cfg, args.config)
     if args.command == "_worker":

@@ -113,6 +113,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessorsConfig:
+    request: tuple[str, ...] = ("redis_stats",)
+    """What happens to accepted events on the request path, after the segment writer (which
+    is the log itself and always first): "redis_stats", or "package.module:Class" for a
+    processor of one's own (collector/processors.py)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: str = defaults.DATA_DIR
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -122,6 +130,13 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
+
+    @property
+    def stats_enabled(self) -> bool:
+        """Real-time Redis stats: on unless redis.enabled is false or processors.request does
+        not name redis_stats."""
+        return self.redis.enabled and "redis_stats" in self.processors.request
 
     # Paths below are derived from data_dir so that one flag moves everything.
     @property
@@ -163,6 +178,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "store": StoreConfig,
     "loader": LoaderConfig,
     "auth": AuthConfig,
+    "processors": ProcessorsConfig,
 }
 
 
@@ -402,6 +418,13 @@ def validate(cfg: Config) -> None:
     if a.read_token and (a.read_token != a.read_token.strip() or not a.read_token.strip()):
         raise ConfigError("auth.read_token has leading or trailing spaces, or only spaces; "
                           "give the token alone (or nothing, to have one generated)")
+    for name in cfg.processors.request:
+        module, colon, cls = name.partition(":")
+        if name != "redis_stats" and not (colon and module and cls.isidentifier()):
+            raise ConfigError(f"processors.request: {name!r} is not a processor; use "
+                              "\"redis_stats\" or \"package.module:Class\"")
+    if len(set(cfg.processors.request)) != len(cfg.processors.request):
+        raise ConfigError("processors.request names a processor twice")
     if any(not k.strip() for k in a.write_keys):
         raise ConfigError("auth.write_keys holds an empty key; remove it (an empty list turns "
                           "write keys off)")

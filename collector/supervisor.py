@@ -145,7 +145,9 @@ class Supervisor:
             _check_port_free(cfg.server.host, self.port)
         token, created = ensure_read_token(cfg)
         redis_url = cfg.redis.url
-        if cfg.redis.enabled and not redis_url:
+        if not cfg.stats_enabled:
+            redis_url = ""
+        elif not redis_url:
             self.redis = EmbeddedRedis(cfg.data_path, cfg.run_path)
             self.redis.start()
             redis_url = self.redis.url

@@ -37,6 +37,7 @@ from collector.schema import (
     event_from_query,
     ids_json,
     parse_body,
+    round_ms,
     validate_batch,
 )
 from collector.storage.health import storage_problem
@@ -57,6 +58,9 @@ class _Columns(NamedTuple):
     stamps: list[int | float]
     users: list[Any]
 
+
+PROCESSOR_LOG_INTERVAL = 60.0
+"""Seconds between two tracebacks of one failing processor (the failures are all counted)."""
 
 MAX_GZIP_MEMBERS = 64
 """Members one gzip body may hold. Each member's remainder is copied (zlib's unused_data), so
@@ -134,6 +138,9 @@ class Ingest:
         self._accepted_cell = ctx.metrics.cell("collector_events_accepted_total")
         self._bytes_cell = ctx.metrics.cell("collector_segment_bytes_total")
         self._user_of = rawbatch.user_reader(cfg.stats.user_key)
+        self._complete_events = any(p is not ctx.counters for p in ctx.processors)
+        self._failures: dict[str, tuple[int, float]] = {}
+        """Per processor: failures not logged yet, and when the last log line was written."""
 
     # -- POST /api/events ----------------------------------------------------------------------
 
@@ -240,7 +247,14 @@ class Ingest:
         # holding every request's parsed objects until the end of the loop iteration frees
         # them all at once, and pymalloc then returns its arenas to the kernel and faults them
         # back in on the next iteration (measured: a third of the batch throughput).
-        return self._submit(data, ids, events if ctx.processors else None, pixel)
+        if not ctx.processors:
+            return self._submit(data, ids, None, pixel)
+        if self._complete_events:
+            # Processors of one's own get each event as its segment line holds it.
+            ra = round_ms(received_at)
+            events = [{**e, "id": str(i), "received_at": ra} for e, i in zip(events, ids,
+                                                                           strict=True)]
+        return self._submit(data, ids, events, pixel)
 
     def _submit(self, data: bytes, ids: list[int], kept: list[dict[str, Any]] | _Columns | None,
                 pixel: bool) -> Response | Deferred:
@@ -273,9 +287,7 @@ class Ingest:
                     proc.add(events)
             except Exception:
                 # A processor never takes ingestion down with it (SPEC §10).
-                self.metrics.inc("collector_processor_errors_total",
-                                 processor=type(proc).__name__)
-                log.exception("processor %s failed", type(proc).__name__)
+                self._processor_failed(type(proc).__name__)
         self._accepted_cell[0] += len(ids)
         self._bytes_cell[0] += nbytes
         if pixel:
@@ -285,6 +297,20 @@ class Ingest:
             return Response(202, b'{"status":"accepted","accepted":1,"ids":["%d"]}' % ids[0])
         return Response(202, b'{"status":"accepted","accepted":%d,"ids":%b}' % (
             len(ids), ids_json(ids)))
+
+    def _processor_failed(self, name: str) -> None:
+        """Count a processor's failure; log its traceback at most once a minute (with how many
+        failed since), so a processor that fails on every request cannot flood the log."""
+        self.metrics.inc("collector_processor_errors_total", processor=name)
+        unlogged, last = self._failures.get(name, (0, -PROCESSOR_LOG_INTERVAL))
+        now = self.ctx.clock.monotonic()
+        if now - last < PROCESSOR_LOG_INTERVAL:
+            self._failures[name] = (unlogged + 1, last)
+            return
+        self._failures[name] = (0, now)
+        since = f" ({unlogged} more failures since the last report)" if unlogged else ""
+        log.exception("processor %s failed%s; the events are stored in the segments all the "
+                      "same", name, since)
 
     def _unavailable(self, e: StorageUnavailable) -> Response:
         self.metrics.inc("collector_storage_unavailable_total")

@@ -152,7 +152,8 @@ class StatsReader:
         if client is None:
             return error_response(
                 503, "stats_unavailable",
-                "real-time stats are turned off on this collector (redis.enabled = false)",
+                "real-time stats are turned off on this collector (redis.enabled = false, or no "
+                "redis_stats in processors.request)",
             )
         try:
             body = await self.answer(client, grans, event_type, self._ctx.clock.time())
