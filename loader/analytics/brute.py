@@ -26,6 +26,13 @@ def _in_range(events: list[Event], start: float, end: float,
             and (types is None or e["event_type"] in types)]
 
 
+def _tie_order(user: str) -> tuple[int, int | str]:
+    """Integer ids by value first, then the other ids as text."""
+    digits = user[1:] if user.startswith("-") else user
+    integer = digits.isascii() and digits.isdigit() and (digits == "0" or digits[0] != "0")
+    return (0, int(user)) if integer and user != "-0" else (1, user)
+
+
 def _user(e: Event, user_key: str) -> str | None:
     params = e.get("params")
     return user_text(params.get(user_key)) if isinstance(params, dict) else None
@@ -84,7 +91,7 @@ def users(events: list[Event], start: float, end: float, top: int,
           user_key: str = "user_id") -> dict[str, Any]:
     counts = Counter(u for e in _in_range(events, start, end)
                      if (u := _user(e, user_key)) is not None)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], _tie_order(kv[0])))
     dist = Counter(counts.values())
     return {"users": [{"user_id": u, "events": n} for u, n in ranked[:top]],
             "distribution": [{"events": k, "users": m} for k, m in sorted(dist.items())]}

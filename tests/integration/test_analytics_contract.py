@@ -278,7 +278,9 @@ def test_users_sums_and_ties(backend: Backend) -> None:
     with_user = [e for e in EVENTS if e["params"].get("user_id") is not None
                  and ALL.start <= e["ts"] <= ALL.end]
     assert sum(d["events"] * d["users"] for d in answer["distribution"]) == len(with_user)
-    ranked = [(-u["events"], u["user_id"]) for u in answer["users"]]
+    # Ties: integer ids by value, then the other ids as text.
+    ranked = [(-u["events"], *((0, int(u["user_id"])) if u["user_id"].isdigit() else
+                               (1, u["user_id"]))) for u in answer["users"]]
     assert ranked == sorted(ranked)
     ids = {u["user_id"] for u in answer["users"]}
     assert {"7", "2.5", "true"} <= ids
