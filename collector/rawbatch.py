@@ -27,8 +27,8 @@ both on generated bodies):
   surrogate escapes (so a body with any backslash goes to the slow path), and numbers past a
   double's range such as `1e400` (a params whose digits look like one is re-serialized by
   orjson, which then accepts it or says no for the whole body). It also reads an integer
-  outside 64 bits as a float: a params with a number of 19 digits or more is re-serialized
-  too (`_LONG_DIGITS`).
+  outside 64 bits as a float, which the slow path refuses (schema.check_integers): a params
+  with a number of 19 digits or more goes to the slow path (`_LONG_DIGITS`).
   A raw line break between the tokens of a params would split the NDJSON line: such a
   params is re-serialized as well.
 * A field given twice: msgspec keeps the last value, as orjson does, but only skims an
@@ -105,12 +105,10 @@ _SUSPECT = b"!"
 holding one never gets this far): the params is looked at closer (`_suspect`)."""
 _LONG_DIGITS = b"0" * 19
 """A run of digits this long might be an integer outside 64 bits (-9223372036854775809 has
-19), which orjson, and so the slow path and the loader, reads as a float: such params are
-re-serialized, so that the segment holds what the store will hold, and a run past a double's
-range is refused as the slow path refuses it. A number starts after ":", ",", "[", a space or
+19), which orjson would read as a float and the slow path refuses (schema.check_integers):
+such params go to the slow path. A number starts after ":", ",", "[", a space or
 "-" (all " " or "{" here); a run right after a quote is a string such as a 19-digit id, left
-alone. (Other digits inside strings may look like a number: a false alarm costs one orjson
-round trip.)"""
+alone. (Other digits inside strings may look like a number: a false alarm costs the slow path.)"""
 _NUMBER_RUNS = (b" " + _LONG_DIGITS, b"{" + _LONG_DIGITS)
 _DIGIT_EXPONENT = b"0e"
 """A digit then an exponent letter: a number in exponent notation might overflow (`1e400`)."""
@@ -317,9 +315,17 @@ def _checked_params(params: list[msgspec.Raw | bytes], max_depth: int
 
 def _reserialized(params: list[msgspec.Raw | bytes]) -> list[msgspec.Raw | bytes] | None:
     """Each `_suspect` params as orjson writes it (what the slow path would store), the others
-    untouched; None if orjson refuses one (the slow path then says why)."""
+    untouched; None if orjson refuses one, or if one may hold an integer of 19 digits or more
+    (the slow path then says why, or refuses one outside 64 bits: schema.check_integers)."""
     try:
-        return [orjson.dumps(orjson.loads(bytes(p))) if _suspect(p) else p for p in params]
+        out = []
+        for p in params:
+            if _suspect(p):
+                if _long_number(bytes(p).translate(_CLASSES)):
+                    return None
+                p = orjson.dumps(orjson.loads(bytes(p)))
+            out.append(p)
+        return out
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # (encode: nesting past 255)
         return None
 

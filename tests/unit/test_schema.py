@@ -869,3 +869,29 @@ def test_query_params_must_be_a_json_object(params: str, expected: str) -> None:
         event_from_query({"event_type": "open", "params": params})
     assert expected in info.value.message
     assert "URL-encoded JSON object" in info.value.message
+
+
+@pytest.mark.parametrize("body", [
+    b'{"event_type": "a", "params": {"user_id": 18446744073709551617}}',
+    b'[{"event_type": "a"}, {"event_type": "b", "params": {"x": [1, -9223372036854775809]}}]',
+    b'{"event_type": "a"}\n{"event_type": "b", "params": {"n": 100000000000000000000}}\n',
+], ids=["one", "batch", "ndjson"])
+def test_an_integer_that_would_not_be_kept_exactly_is_refused(body: bytes) -> None:
+    # An audit: 18446744073709551617 and ...618 were both stored as 1.8446744073709552e+19.
+    with pytest.raises(BadEvent, match="send it as a string"):
+        parse_body(body)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"event_type": "a", "params": {"n": 18446744073709551615, "m": -9223372036854775808}}',
+    b'{"event_type": "a", "params": {"id": "184467440737095516170000", "f": 1.5e300}}',
+    b'{"event_type": "a", "params": {"f": 123456789012345678901234.5}}',
+])
+def test_what_is_kept_exactly_or_is_no_integer_passes(body: bytes) -> None:
+    items, _ = parse_body(body)
+    assert items[0]["params"] == orjson.loads(body)["params"]
+
+
+def test_the_pixel_refuses_such_an_integer_too() -> None:
+    with pytest.raises(BadEvent, match="send it as a string"):
+        event_from_query({"event_type": "open", "params": '{"n": 99999999999999999999}'})
