@@ -327,6 +327,17 @@ def serve(cfg: Config, config_file: str | None) -> int:
     # events then share an id, and the store keeps one of each). A segment directory outside
     # the data directory (an absolute segments.dir) is locked too: two data directories may
     # share it.
+    for directory in (cfg.segments_path, cfg.rejected_path):
+        # Said here in one line: a worker would print a traceback, then "exited during
+        # startup" (an audit, with segments/ a regular file).
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            what = "exists and is not a directory" if isinstance(e, FileExistsError) else \
+                (e.strerror or str(e))
+            print(f"collector serve: cannot use {directory} as a directory: {what}; move it "
+                  "away or set segments.dir", file=sys.stderr)
+            return 1
     paths = [cfg.run_path / "serve.lock"]
     if not cfg.segments_path.resolve().is_relative_to(cfg.data_path.resolve()):
         paths.append(cfg.segments_path / ".serve.lock")

@@ -670,6 +670,12 @@ def _parse_request_line(request_line: bytes) -> tuple[str, str, str]:
         target = raw_target.decode("latin-1")
     else:
         target = _parse_other_target(raw_target, method)
+    if "#" in target:
+        # RFC 9112 §3.2: no fragment in a request target (a client strips it); "/healthz#f"
+        # was answered 404, and an absolute form kept the fragment in its query.
+        raise ProtocolError(
+            f"the request target {target[:60]!r} holds a fragment ('#...'); send the path and "
+            "query only (percent-encode a '#' that is data as %23)", 400, "bad_target")
     known = (method, target, version)
     if len(request_line) <= _CACHED_LINE_BYTES:
         if len(_REQUEST_LINES) >= _CACHED_LINES:

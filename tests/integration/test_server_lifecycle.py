@@ -420,3 +420,14 @@ def test_an_embedded_redis_that_cannot_start_is_a_plain_message(start_server: St
     assert server.proc.wait(30) == 1
     assert "use a shorter --data-dir" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_segment_directory_that_is_a_file_is_one_line(start_server: Start,
+                                                       tmp_path: Path) -> None:
+    data = tmp_path / "filed"
+    data.mkdir()
+    (data / "segments").write_text("not a directory")
+    server = start_server(data_dir=data, wait=False)
+    assert server.proc.wait(30) == 1
+    assert "segments as a directory: exists and is not a directory" in server.log()
+    assert "Traceback" not in server.log()

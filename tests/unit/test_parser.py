@@ -1121,3 +1121,8 @@ def test_an_invalid_host_value_is_400(value: bytes) -> None:
                                    b"[::1]:8080", b"", b"xn--bcher-kva.example"])
 def test_a_valid_host_value_is_accepted(value: bytes) -> None:
     assert parse_head(b"GET / HTTP/1.1\r\nHost: " + value).method == "GET"
+
+
+@pytest.mark.parametrize("target", [b"/healthz#f", b"/api/events?x=1#top", b"http://a/healthz?x#f"])
+def test_a_fragment_in_the_target_is_400(target: bytes) -> None:
+    expect_error(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_target")
