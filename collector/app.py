@@ -117,10 +117,20 @@ async def attach_processors(ctx: AppContext) -> None:
         if name == "redis_stats":
             await attach_redis(ctx)
             continue
-        proc = processors.load(name)(ctx)
-        start = getattr(proc, "start", None)
-        if start is not None:
-            await start()
+        try:
+            proc = processors.load(name)(ctx)
+            start = getattr(proc, "start", None)
+            if start is not None:
+                await start()
+        except Exception:
+            # A processor that cannot start (its Kafka is down) does not stop ingestion
+            # (SPEC §10): the collector runs without it, and says so. Its events stay in the
+            # segments, from which they can be sent later.
+            ctx.metrics.inc("collector_processor_errors_total",
+                            processor=name.rpartition(":")[2])
+            log.exception("processor %s could not start; running without it until the worker "
+                          "restarts", name)
+            continue
         ctx.processors.append(proc)
         log.info("processor %s attached", name)
 

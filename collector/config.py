@@ -9,6 +9,7 @@ the collector writes lives under it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import tomllib
@@ -339,12 +340,16 @@ def load_config(
         section, _, key = rest.partition("_")
         if section in _SECTIONS and key:
             raw[section][key] = value
-        elif rest not in _OTHER_ENV and not rest.startswith("test_"):
-            # A typo in a section (COLLECTOR_SERVR_PORT) would otherwise be ignored silently.
-            raise ConfigError(
-                f"environment variable {name} names no setting: COLLECTOR_<SECTION>_<KEY> with "
-                f"a section among {', '.join(sorted(_SECTIONS))}, or COLLECTOR_DATA_DIR; fix "
-                "or unset it")
+        elif key and rest not in _OTHER_ENV:
+            # A typo in a section (COLLECTOR_SERVR_PORT) would be ignored silently. Only a
+            # near miss is refused: other COLLECTOR_* variables are not ours to judge
+            # (Kubernetes sets COLLECTOR_SERVICE_HOST and COLLECTOR_PORT_8080_TCP for a
+            # Service named collector; a wrapper may set COLLECTOR_LOG_LEVEL).
+            near = difflib.get_close_matches(section, _SECTIONS, n=1, cutoff=0.8)
+            if near:
+                raise ConfigError(
+                    f"environment variable {name} names no setting: did you mean "
+                    f"COLLECTOR_{near[0].upper()}_{key.upper()}? (fix or unset it)")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -407,6 +412,15 @@ def validate(cfg: Config) -> None:
     if not cfg.stats.user_key:
         raise ConfigError("stats.user_key is empty; name the params key that holds the user "
                           "(user_id by default)")
+    if cfg.store.backend == "mongodb":
+        from pymongo.errors import PyMongoError
+        from pymongo.uri_parser import parse_uri
+
+        try:
+            parse_uri(cfg.store.mongodb_uri)  # (syntax only: connects to nothing)
+        except (PyMongoError, ValueError) as e:
+            raise ConfigError(f"store.mongodb_uri {cfg.store.mongodb_uri!r} is not a MongoDB "
+                              f"URI ({e}); use mongodb://host:port or mongodb+srv://...") from None
     if not cfg.store.sqlite_path.strip():
         raise ConfigError("store.sqlite_path is empty; give a file name (events.db by default)")
     _positive(cfg, "loader", "batch_size", "poll_interval")

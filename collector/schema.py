@@ -153,7 +153,7 @@ def parse_body(body: bytes) -> tuple[list[Any], bool]:
         items = _parse_ndjson(body) if b"\n" in body.strip() else None
         if items is None:
             raise BadEvent(f"body is not valid JSON: {_decode_reason(exc)}; {_BODY_HINT}") from None
-        check_integers(body)
+        check_integers(body, lines=True)
         return items, True
     check_integers(body)
     if type(doc) is dict:
@@ -165,9 +165,12 @@ def parse_body(body: bytes) -> tuple[list[Any], bool]:
     raise BadEvent(f"body is {_json_type(doc)}, not an event; {_BODY_HINT}")
 
 
-_DIGIT_CLASSES = bytes(48 if byte in b"0123456789" else 32 for byte in range(256))
-_LONG_RUN = b"0" * 19
-"""19 digits: the shortest integer outside [-2**63, 2**64 - 1] (-9223372036854775809)."""
+_NUMBER_CLASSES = bytes(48 if byte in b"0123456789" else 32 if byte in b":,[ \t\r\n-" else 120
+                        for byte in range(256))
+_LONG_NUMBER = b" " + b"0" * 19
+"""19 digits after what may precede a number (":", ",", "[", whitespace, "-"): the shortest
+integer outside [-2**63, 2**64 - 1] is -9223372036854775809. Digits right after a quote, such
+as a 19-digit id sent as a string, do not count."""
 _MIN_EXACT, _MAX_EXACT = -(2**63), 2**64 - 1
 
 
@@ -176,29 +179,30 @@ class _Inexact(Exception):
 
 
 def _exact_int(text: str) -> int:
-    value = int(text)
-    if not _MIN_EXACT <= value <= _MAX_EXACT:
+    # (len first: int() refuses more than 4300 digits, and such a number is out of range)
+    if len(text) > 21 or not _MIN_EXACT <= int(text) <= _MAX_EXACT:
         raise _Inexact(text)
-    return value
+    return int(text)
 
 
-def check_integers(text: bytes) -> None:
-    """Refuse a JSON text holding an integer outside [-2**63, 2**64 - 1].
+def check_integers(text: bytes, *, lines: bool = False) -> None:
+    """Refuse a JSON text (`lines`: NDJSON, one per line) holding an integer outside
+    [-2**63, 2**64 - 1].
 
     orjson, and so the segment line and the store, reads such an integer as the nearest
     float: 18446744073709551617 would be kept as 1.8446744073709552e+19, a different value,
     and two users whose ids differ only past the 17th digit would become one (an audit). A 400
-    that says so beats a silent change. Only a text with a run of 19 digits is parsed again
-    (the standard library's parser sees each integer literal; digits inside strings are not
-    one); the scan costs about 2 ns per byte.
+    that says so beats a silent change. Only a text with a run of 19 digits where a number may
+    start is parsed again (the standard library's parser sees each integer literal); the scan
+    costs about 2 ns per byte.
 
     Raises:
         BadEvent: naming the integer and the fix.
     """
-    if text.translate(_DIGIT_CLASSES).find(_LONG_RUN) < 0:
+    if text.translate(_NUMBER_CLASSES).find(_LONG_NUMBER) < 0:
         return
-    for chunk in text.split(b"\n") if b"\n" in text else (text,):
-        if chunk.translate(_DIGIT_CLASSES).find(_LONG_RUN) < 0:
+    for chunk in text.split(b"\n") if lines else (text,):
+        if lines and chunk.translate(_NUMBER_CLASSES).find(_LONG_NUMBER) < 0:
             continue
         try:
             json.loads(chunk, parse_int=_exact_int)
@@ -208,6 +212,10 @@ def check_integers(text: bytes) -> None:
             raise BadEvent(
                 f"the integer {shown} is outside -2^63..2^64-1, the range kept exactly (it "
                 "would be stored as the nearest float); send it as a string") from None
+        except RecursionError:
+            # (the standard library's parser stops near 1000 levels, orjson at 1024)
+            raise BadEvent("the body nests too deeply to be read; params may nest at most "
+                           f"{MAX_PARAMS_DEPTH} levels") from None
         except ValueError:
             pass  # (not one JSON text: the caller's parser already judged the syntax)
 

@@ -685,10 +685,18 @@ def _open_store_patiently(cfg: Config, stop: threading.Event) -> EventStore | No
             wait = min(MAX_BACKOFF, max(1.0, cfg.loader.poll_interval) * 2 ** min(failures, 6))
             log.error("cannot open the event store (%s): %s; retrying in %.0f s (attempt %d)",
                       describe_store(cfg), _one_line(f"{type(e).__name__}: {e}"), wait, failures)
-            with suppress(OSError):
-                write_status(status_path(cfg), {"updated_at": time.time(), "errors": failures,
-                                                "store_error": _one_line(str(e))})
-            stop.wait(wait)
+            # The status is rewritten while waiting, so that loader_up stays 1 (the loader
+            # is up; loader_errors_total says how it fares).
+            deadline = time.monotonic() + wait
+            while not stop.is_set():
+                with suppress(OSError):
+                    write_status(status_path(cfg), {"updated_at": time.time(),
+                                                    "errors": failures,
+                                                    "store_error": _one_line(str(e))})
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                stop.wait(min(left, STATUS_INTERVAL * 5))
     return None
 
 

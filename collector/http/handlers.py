@@ -343,6 +343,8 @@ class Ingest:
             raw = event_from_query(args)
             events = validate_batch([raw], received_at, self.limits)
         except BadEvent as e:
+            if request.method == "HEAD":  # (nothing was sent to be stored: nothing to keep)
+                return error_response(400, "invalid_event", e.message)
             body = request.query_string.encode("latin-1", "replace")
             return self._reject(request, body, 400, "invalid_event", e.message)
         if request.method == "HEAD":

@@ -901,9 +901,10 @@ def _trailers_too_large(limits: ParserLimits) -> ProtocolError:
     )
 
 
-_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~!$&'()*+,;=%]*)"
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]+\]|[0-9A-Za-z\-._~!$&'()*+,;=%]*)"
                    rb"(?::[0-9]*)?")
-"""RFC 3986 host (IP-literal, IPv4address or reg-name) and an optional port."""
+"""RFC 3986 host (IP-literal, with an RFC 6874 zone id, IPv4address or reg-name) and an
+optional port."""
 
 
 def _bad_host(count: int) -> ProtocolError:

@@ -247,28 +247,35 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(_BODY)
         if head.expect_continue and not self.continue_sent:
             self.continue_sent = True
-            refusal = self._refusal_from_head(head)
-            if refusal is not None:
+            refused = self._refusal_from_head(head)
+            if refused is not None:
                 # The final status instead of 100 (RFC 9110 §10.1.1): the client keeps its
                 # body. The connection closes, since that body may still follow.
+                refusal, label = refused
                 self._cancel_timer()
                 self._respond(Response(refusal.status, refusal.body, refusal.content_type,
-                                       refusal.headers, True), "unmatched")
+                                       refusal.headers, True), label)
                 return
             assert self.transport is not None
             self.transport.write(CONTINUE)
 
-    def _refusal_from_head(self, head: RequestHead) -> Response | None:
+    def _refusal_from_head(self, head: RequestHead) -> tuple[Response, str] | None:
         """The response the head alone decides (unknown path or method, or what the route's
-        precheck refuses: a write key, an encoding, the read token), or None."""
+        precheck refuses: a write key, an encoding, the read token) and its metrics label; or
+        None."""
+        if head.method == "OPTIONS":
+            return None  # (a preflight is answered whatever the path: _dispatch)
         path, _, query = head.target.partition("?")
         request = Request(head.method, path, query, head.headers, b"", head.version,
                           self.client)
         handler, allowed = self.state.router.resolve(request)
         if handler is None:
-            return _unroutable(head.method, path, allowed)
+            return _unroutable(head.method, path, allowed), "unmatched"
         precheck = self.state.router.precheck(handler)
-        return None if precheck is None else precheck(request)
+        refusal = None if precheck is None else precheck(request)
+        if refusal is None:
+            return None
+        return refusal, request.path if not request.path_params else _pattern_label(request)
 
     def _dispatch(self, body: bytes) -> None:
         head = self.head

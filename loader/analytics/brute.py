@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter, defaultdict
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,11 +27,12 @@ def _in_range(events: list[Event], start: float, end: float,
             and (types is None or e["event_type"] in types)]
 
 
-def _tie_order(user: str) -> tuple[int, int | str]:
-    """Integer ids by value first, then the other ids as text."""
+def _tie_order(user: str) -> tuple[int, Decimal | str]:
+    """Integer ids by value first, then the other ids as text (Decimal: any number of
+    digits)."""
     digits = user[1:] if user.startswith("-") else user
     integer = digits.isascii() and digits.isdigit() and (digits == "0" or digits[0] != "0")
-    return (0, int(user)) if integer and user != "-0" else (1, user)
+    return (0, Decimal(user)) if integer and user != "-0" else (1, user)
 
 
 def _user(e: Event, user_key: str) -> str | None:
@@ -55,7 +57,9 @@ def rollup(events: list[Event], period: str, start: float, end: float,
     """Totals per period of the events in the inclusive range."""
     totals: Counter[tuple[str, str]] = Counter()
     for e in _in_range(events, start, end, types):
-        day = _dt.datetime.fromtimestamp(e["ts"], _dt.UTC).date()
+        # (the day by floor division: fromtimestamp rounds to microseconds, which moves a
+        # time a hair before midnight to the next day)
+        day = _dt.date(1970, 1, 1) + _dt.timedelta(days=int(e["ts"] // 86400))
         totals[(period_start(day.isoformat(), period), e["event_type"])] += 1
     return {"period": period, "rows": [{"start": s, "event_type": t, "total": n}
                                        for (s, t), n in sorted(totals.items())]}

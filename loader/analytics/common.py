@@ -136,13 +136,23 @@ def uniques_answer(per_day: Mapping[int, int], first_day: int, last_day: int) ->
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 
 
-def user_order(user: str) -> tuple[int, int | str]:
+_INVERTED = str.maketrans("0123456789", "9876543210")
+
+
+def user_order(user: str) -> tuple[int, int, str]:
     """How ties between users are ordered: integer ids (stored as their decimal text) in
     numeric order, 2 before 10, then every other id as text by code point (an audit found
-    "10" before "2": a `top` that cuts through a tie must cut where a reader expects)."""
+    "10" before "2": a `top` that cuts through a tie must cut where a reader expects).
+
+    Compared by length and digits, never by int(): a user id may be any string, and int()
+    refuses one of more than 4300 digits (a review: one such event made the endpoint fail).
+    Negative ids: the longer is the smaller, and of equal length the digits compare reversed.
+    """
     if _INTEGER.fullmatch(user):
-        return (0, int(user))
-    return (1, user)
+        if user[0] == "-":
+            return (0, -len(user), user.translate(_INVERTED))
+        return (1, len(user), user)
+    return (2, 0, user)
 
 
 def users_answer(per_user: Iterable[tuple[str, int]], top: int) -> dict[str, Any]:

@@ -82,3 +82,16 @@ def test_without_redis_stats_there_are_no_stats(start_server: Callable[..., Serv
     status, _, body = server.request("GET", "/api/stats")
     assert status == 503 and b"processors.request" in body
     assert not (server.data_dir / "run" / "redis.sock").exists()
+
+
+def test_a_processor_that_cannot_start_does_not_stop_ingestion(
+        start_server: Callable[..., ServerProcess]) -> None:
+    # A review: a processor whose start() raised took the worker, and so serve, down.
+    server = start_server(env={
+        "COLLECTOR_PROCESSORS_REQUEST": f"{FIXTURES}:FailsToStart,{FIXTURES}:Recorder"})
+    assert server.request("POST", "/api/events", {"event_type": "a"})[0] == 202
+    assert scrape_errors(server, "FailsToStart") == 1
+    assert "could not start; running without it" in server.log()
+    assert server.stop() == 0
+    lines = (server.data_dir / "processed-0.ndjson").read_bytes().splitlines()
+    assert [orjson.loads(x).get("event_type") for x in lines[1:-1]] == ["a"]

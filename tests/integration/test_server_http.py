@@ -322,6 +322,18 @@ def test_expect_100_continue_gets_the_final_status_the_head_decides(
     assert resp.closes and conn.wait_closed()
 
 
+def test_expect_100_continue_on_a_preflight_is_still_204(srv: ServerProcess,
+                                                         rawconn: Connect) -> None:
+    conn = rawconn(srv.port)
+    conn.send(request_bytes("OPTIONS", "/api/events", headers={
+        "Content-Length": "5", "Expect": "100-continue"}))
+    resp = conn.read_response()
+    if resp.status == 100:
+        conn.send(b"hello")
+        resp = conn.read_response()
+    assert resp.status == 204 and resp.header("access-control-allow-origin") == "*"
+
+
 def test_every_content_encoding_line_counts(srv: ServerProcess, rawconn: Connect) -> None:
     # RFC 9110 §5.3: two field lines are one list; "gzip" then "br" is not gzip (an audit got
     # a 202 for a gzip body with a second line naming br).

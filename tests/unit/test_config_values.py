@@ -76,10 +76,24 @@ def test_whole_numbers_written_as_floats_are_kept(tmp_path: Path) -> None:
 
 
 def test_a_typo_in_a_section_of_the_environment_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="COLLECTOR_SERVR_PORT"):
-        config(tmp_path, {"COLLECTOR_SERVR_PORT": "9000"})
-    # The variables that are not settings stay allowed.
-    config(tmp_path, {"COLLECTOR_SUPERVISED": "1", "COLLECTOR_TEST_MONGO_URI": "x"})
+    for name, fix in (("COLLECTOR_SERVR_PORT", "COLLECTOR_SERVER_PORT"),
+                      ("COLLECTOR_LOADR_BATCH_SIZE", "COLLECTOR_LOADER_BATCH_SIZE")):
+        with pytest.raises(ConfigError, match=fix):
+            config(tmp_path, {name: "9000"})
+    # Variables that are not settings, ours or other tools', are left alone: a review found
+    # that Kubernetes sets these for a Service named "collector".
+    config(tmp_path, {"COLLECTOR_SUPERVISED": "1", "COLLECTOR_TEST_MONGO_URI": "x",
+                      "COLLECTOR_SERVICE_HOST": "10.0.0.1", "COLLECTOR_SERVICE_PORT": "80",
+                      "COLLECTOR_PORT": "tcp://10.0.0.1:80",
+                      "COLLECTOR_PORT_8080_TCP_ADDR": "10.0.0.1", "COLLECTOR_LOG_LEVEL": "x"})
+
+
+@pytest.mark.parametrize("uri", ["mongo://127.0.0.1:27017", "mongodb://h:27O17", ""])
+def test_a_mongodb_uri_that_can_never_work_is_refused(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(ConfigError, match="store.mongodb_uri"):
+        config(tmp_path, {"COLLECTOR_STORE_BACKEND": "mongodb",
+                          "COLLECTOR_STORE_MONGODB_URI": uri})
+    config(tmp_path, {"COLLECTOR_STORE_MONGODB_URI": uri})  # (not used by sqlite)
 
 
 def test_the_defaults_and_the_shipped_file_pass(tmp_path: Path) -> None:

@@ -1118,7 +1118,8 @@ def test_an_invalid_host_value_is_400(value: bytes) -> None:
 
 
 @pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"127.0.0.1:80",
-                                   b"[::1]:8080", b"", b"xn--bcher-kva.example"])
+                                   b"[::1]:8080", b"", b"xn--bcher-kva.example",
+                                   b"[fe80::1%25eth0]:80", b"example.com."])
 def test_a_valid_host_value_is_accepted(value: bytes) -> None:
     assert parse_head(b"GET / HTTP/1.1\r\nHost: " + value).method == "GET"
 

@@ -25,3 +25,15 @@ def test_the_reference_orders_ties_the_same_way() -> None:
               for i, u in enumerate(ids)]
     assert brute.users(events, 0, 1000, 10) == users_answer(
         [(str(u), 1) for u in ids], top=10)
+
+
+def test_any_number_of_digits_is_ordered_without_int() -> None:
+    # A review: int() refuses more than 4300 digits, and the endpoint answered 500.
+    big, bigger = "9" * 5000, "1" + "0" * 5000
+    ids = [bigger, "-" + bigger, big, "-" + big, "-12", "-9", "7"]
+    answer = users_answer([(u, 1) for u in ids], top=10)
+    assert [r["user_id"] for r in answer["users"]] == [
+        "-" + bigger, "-" + big, "-12", "-9", "7", big, bigger]
+    events = [{"id": str(i), "event_type": "e", "ts": 100.0 + i, "params": {"user_id": u}}
+              for i, u in enumerate(ids)]
+    assert brute.users(events, 0, 1000, 10) == answer
