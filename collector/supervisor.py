@@ -141,6 +141,7 @@ class Supervisor:
         for stale in cfg.run_path.glob("ready-*"):
             stale.unlink()
         clear_snapshots(cfg.run_path)  # a new run counts from zero (see metrics_files)
+        seal_orphans(cfg)
         if self.port != 0:
             _check_port_free(cfg.server.host, self.port)
         token, created = ensure_read_token(cfg)
@@ -318,6 +319,40 @@ class Supervisor:
 
 EXIT_IN_USE = 75
 """`collector serve`'s exit status when another one already serves the data directory."""
+
+
+def seal_orphans(cfg: Config) -> int:
+    """Seal the `.open` segments of worker numbers this run does not start; how many.
+
+    Each worker recovers its own leftovers at startup. After a crash, a restart with fewer
+    workers (or another worker_id or datacenter_id) left the others' `.open` files for ever:
+    never sealed, their torn tail never cut, never deleted by retention (an audit). The
+    supervisor holds serve.lock on these directories, so no other collector writes them.
+    """
+    from collector.errors import StorageUnavailable
+    from collector.storage.segment import parse_segment_name, recover_open_segment
+    from collector.storage.segment_log import id_node
+
+    s = cfg.server
+    ours = {(s.datacenter_id, w) for w in range(s.worker_id, s.worker_id + s.workers)}
+    try:
+        names = os.listdir(cfg.segments_path)
+    except FileNotFoundError:
+        return 0
+    sealed = 0
+    for name in sorted(names):
+        parsed = parse_segment_name(name)
+        if parsed is None or parsed[1] or id_node(parsed[0]) in ours:
+            continue
+        try:
+            path, removed = recover_open_segment(cfg.segments_path / name)
+        except StorageUnavailable as e:
+            log.error("%s; it stays open", e)
+            continue
+        sealed += 1
+        log.info("sealed %s, left open by a worker this run does not start (%d bytes of torn "
+                 "tail removed)", path or name, removed)
+    return sealed
 
 
 def serve(cfg: Config, config_file: str | None) -> int:

@@ -247,6 +247,9 @@ class LoaderDaemon:
         self._retention_at: float | None = None
         self._summarize = getattr(store, "summarize_pending", None)
         self._analytics_due = clock.monotonic() + ANALYTICS_MAX_DELAY
+        self._status_to: tuple[Path | None, Any] = (None, None)
+        """(status file, callback) of `run`: where the status goes about once a second."""
+        self._status_due = 0.0
         self._analytics_failed = False
         self._rate_mark = (clock.monotonic(), 0)
         self._rate = 0.0
@@ -324,6 +327,7 @@ class LoaderDaemon:
             loaded += self._load(batch.lines, batch.positions, batch.streams)
             if self.clock.monotonic() >= self._analytics_due:
                 self.summarize()
+            self._publish_when_due()
             if len(batch.lines) < size:
                 break
         return loaded
@@ -416,8 +420,8 @@ class LoaderDaemon:
         """
         if stop is not None:
             self._stop = stop
+        self._status_to = (status_file, on_status)
         failures = 0
-        next_status = 0.0
         last_error = ""
         while not self._stop.is_set():
             try:
@@ -440,10 +444,7 @@ class LoaderDaemon:
                 else:
                     log.error("loading a batch failed again (attempt %d): %s", failures,
                               _one_line(error))
-            now = self.clock.monotonic()
-            if now >= next_status:
-                self._publish(status_file, on_status)
-                next_status = now + STATUS_INTERVAL
+            self._publish_when_due()
             if failures:
                 self._stop.wait(min(MAX_BACKOFF, self.cfg.loader.poll_interval * 2 ** failures))
             elif n == 0:
@@ -454,6 +455,15 @@ class LoaderDaemon:
         self.counts["errors"] += 1
         self.metrics.inc("loader_errors_total")
         self.last_error = f"{type(e).__name__}: {e}"
+
+    def _publish_when_due(self) -> None:
+        """The status of `run`, at most once per STATUS_INTERVAL: between passes, and between
+        the batches of a long one (a backlog of minutes left loader.json stale, with the last
+        loader's pid, for all that time: an audit)."""
+        now = self.clock.monotonic()
+        if now >= self._status_due:
+            self._status_due = now + STATUS_INTERVAL
+            self._publish(*self._status_to)
 
     def _publish(self, status_file: Path | None, on_status: Any) -> None:
         status = self.status()

@@ -741,3 +741,25 @@ def test_a_failing_pass_does_not_stop_loading_and_is_retried(
     assert daemon.run_once() == 0
     assert summarized(store) == with_user(store) > 0 and daemon.counts["analytics_errors"] == 1
     store.close()
+
+
+def test_the_status_is_written_between_the_batches_of_a_long_pass(
+        data_dir: Path, stream: StreamWriter, loader_clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An audit: a loader working through a backlog of minutes left loader.json as the
+    # previous loader had written it (its pid, its counts) until the backlog was done.
+    cfg = loader_config(data_dir, batch_size=5)
+    stream.write(stream.events(30))
+    daemon, store = daemon_for(cfg, loader_clock)
+    written: list[int] = []
+    daemon._status_to = (None, lambda status: written.append(status["events_loaded"]))
+    load = daemon._load
+
+    def slow_load(*args: Any) -> int:
+        loader_clock.advance(2.0)  # each batch takes two seconds
+        return load(*args)
+
+    monkeypatch.setattr(daemon, "_load", slow_load)
+    assert daemon.load_once() == 30
+    assert len(written) >= 5 and written == sorted(written) and written[-1] >= 25
+    store.close()

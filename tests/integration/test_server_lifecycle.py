@@ -431,3 +431,22 @@ def test_a_segment_directory_that_is_a_file_is_one_line(start_server: Start,
     assert server.proc.wait(30) == 1
     assert "segments as a directory: exists and is not a directory" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_open_segments_of_workers_that_no_longer_run_are_sealed(start_server: Start,
+                                                               tmp_path: Path) -> None:
+    # An audit: after a crash with --workers 2, a restart with one worker left worker 1's
+    # .open file for ever (each worker recovers only its own).
+    data = tmp_path / "fewer"
+    segments = data / "segments"
+    segments.mkdir(parents=True)
+    first = ((1_700_000_000_000 - 1_451_606_400_000) << 22) | (1 << 12)  # worker 1, dc 0
+    line = b'{"id":"%d","event_type":"a","ts":1,"params":{},"received_at":1}\n' % first
+    open_path = segments / f"{first:020d}.ndjson.open"
+    open_path.write_bytes(line + b'{"id":"17","event_ty')  # a torn tail
+    server = start_server(data_dir=data)
+    wait_started(server)
+    assert not open_path.exists()
+    assert (segments / f"{first:020d}.ndjson").read_bytes() == line
+    assert server.stop() == 0
+    assert not list(segments.glob("*.open"))
