@@ -243,6 +243,8 @@ def _granularities(value: Any, where: str) -> tuple[Granularity, ...]:
         unknown = [n for n in names if n not in base]
         if unknown:
             raise ConfigError(f"{where}: unknown granularity {unknown}; use {sorted(base)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: a granularity is named twice in {value!r}")
         return tuple(base[n] for n in names)
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a table of granularities")

@@ -43,7 +43,7 @@ from collector.config import Granularity
 from collector.context import AppContext
 from collector.http.message import Request, Response, error_response, json_response
 from collector.http.router import Route
-from collector.schema import has_control
+from collector.schema import MAX_EVENT_TYPE_CHARS, has_control
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,15 @@ class StatsReader:
                 event_type = unquote(raw, errors="strict").strip()
             except UnicodeDecodeError:
                 event_type = None
-            if not event_type or has_control(event_type):
+            if not event_type or has_control(event_type) or \
+                    len(event_type) > MAX_EVENT_TYPE_CHARS:
                 # What ingestion refuses can have no count: say so rather than answer zeros
                 # for U+FFFD or a NUL (an audit).
                 return error_response(
                     400, "bad_event_type",
                     f"the event type in the path {raw[:80]!r} is not a valid event type once "
-                    "percent-decoded (UTF-8, no control characters); encode it with "
-                    "encodeURIComponent")
+                    f"percent-decoded (UTF-8, 1 to {MAX_EVENT_TYPE_CHARS} characters, no control "
+                    "characters); encode it with encodeURIComponent")
         picked = request.arg("granularity")
         if picked is not None:
             grans = tuple(g for g in self._grans if g.name == picked)
@@ -162,7 +163,9 @@ class StatsReader:
             log.warning("stats read from Redis failed: %s: %s", type(e).__name__, e)
             return error_response(
                 503, "stats_unavailable",
-                f"Redis cannot be read right now ({type(e).__name__}); retry in a few seconds",
+                f"Redis cannot be read right now ({type(e).__name__}); retry in a few seconds "
+                "(events are still accepted and counted meanwhile)",
+                headers=[("retry-after", "5")],
             )
         return json_response(200, body)
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -481,7 +482,9 @@ class StatsCounters:
         # EXPIRE itself is left to retry.
         for key, end in self._expire.items():
             if key in touched or not self._has_writes(key):
-                pipe.expire(key, max(1, int(end - now)))
+                # Rounded up, and a second more: int() let the oldest bucket of the window
+                # expire up to a second before the window left it, and read 0 (an audit).
+                pipe.expire(key, max(1, math.ceil(end - now) + 1))
                 ops.append(("e", key, None))
         return ops
 

@@ -63,12 +63,13 @@ class EventStore(Protocol):
 
 def user_text(value: Any) -> str | None:
     """`params[user_key]` as stored in the user_id column: strings as they are, integers in
-    decimal, anything else as its JSON text; None when absent or null. Integer 42 and string
-    "42" are deliberately the same user, as in the real-time uniques."""
+    decimal, anything else as its JSON text; None when absent, null or the empty string. Integer
+    42 and string "42" are deliberately the same user, and "" is nobody, as in the real-time
+    uniques (an audit found "" counted by the analytics but not by the uniques)."""
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return value or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return orjson.dumps(value).decode()

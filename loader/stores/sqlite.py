@@ -298,6 +298,8 @@ class SQLiteStore:
                         if type(user) is not str and not (
                                 type(user) is int and _MIN_INT64 <= user < _INT64):
                             user = _NO_USER if user is None else user_text(user)
+                        elif user == "":  # (nobody: user_text)
+                            user = _NO_USER
                         add_plain((i, event_type, ts, dumps(params).decode(), received_at, user))
                         continue
             if is_event is not None and not is_event(e):

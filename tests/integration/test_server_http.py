@@ -364,7 +364,8 @@ def test_head_of_the_pixel_records_nothing(srv: ServerProcess, rawconn: Connect)
     assert stored(srv, mark) == {mark: 1}
 
 
-@pytest.mark.parametrize("path", ["/api/stats/%ff%fe", "/api/stats/a%00b", "/api/stats/%01"])
+@pytest.mark.parametrize("path", ["/api/stats/%ff%fe", "/api/stats/a%00b", "/api/stats/%01",
+                                  "/api/stats/" + "t" * 257])
 def test_a_stats_type_that_no_event_can_have_is_400(srv: ServerProcess, rawconn: Connect,
                                                    path: str) -> None:
     conn = rawconn(srv.port)

@@ -39,6 +39,7 @@ def config(tmp_path: Path, env: dict[str, str] | None = None, toml: str | None =
     ("REDIS_MAX_PENDING_KEYS", "-1", "redis.max_pending_keys"),
     ("REDIS_TIMEOUT", "0", "redis.timeout"),
     ("STATS_GRANULARITIES", "", "stats.granularities"),
+    ("STATS_GRANULARITIES", "minute,minute", "stats.granularities"),
     ("STATS_WINDOW_SECONDS", "-5", "stats.window_seconds"),
     ("STATS_USER_KEY", "", "stats.user_key"),
     ("STORE_SQLITE_PATH", "", "store.sqlite_path"),
