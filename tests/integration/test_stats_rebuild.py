@@ -294,7 +294,9 @@ async def test_buckets_still_receiving_live_counts_are_left_alone(
 
     summary = rebuild(cfg, NOW - 30 * 3600, NOW, progress=False, clock=FakeClock(NOW))
 
-    assert summary["open_buckets"] >= 3
+    # The buckets that have started and may still get counts (the last seconds, the current
+    # minute, hour and day), not every later bucket of today (thousands of seconds).
+    assert 3 <= summary["open_buckets"] <= 20, summary
     for key in current.values():
         assert int(sync_redis.hget(key, TOTAL_FIELD)) == \
             want.get(key, {}).get(TOTAL_FIELD, 0) + 1000
