@@ -184,8 +184,9 @@ _SECTIONS: dict[str, type[Any]] = {
 
 
 _OTHER_ENV = ("config", "supervised")
-"""COLLECTOR_* variables that are not settings: the config file's path, and the mark the
-supervisor sets for its children (COLLECTOR_TEST_* belong to the test suite)."""
+"""Our COLLECTOR_* variables that are not settings: the config file's path, and the mark the
+supervisor sets for its children. (Others are ignored unless they look like a misspelled
+section: load_config.)"""
 
 
 def _coerce(value: Any, target: Any, where: str) -> Any:
