@@ -330,28 +330,27 @@ def seal_orphans(cfg: Config) -> int:
     supervisor holds serve.lock on these directories, so no other collector writes them.
     """
     from collector.errors import StorageUnavailable
-    from collector.storage.segment import parse_segment_name, recover_open_segment
-    from collector.storage.segment_log import id_node
+    from collector.storage.segment import recover_open_segment
+    from collector.storage.segment_log import id_node, open_segments
 
     s = cfg.server
     ours = {(s.datacenter_id, w) for w in range(s.worker_id, s.worker_id + s.workers)}
     try:
-        names = os.listdir(cfg.segments_path)
+        found = open_segments(cfg.segments_path)
     except FileNotFoundError:
         return 0
     sealed = 0
-    for name in sorted(names):
-        parsed = parse_segment_name(name)
-        if parsed is None or parsed[1] or id_node(parsed[0]) in ours:
+    for path, first_id in found:
+        if id_node(first_id) in ours:
             continue
         try:
-            path, removed = recover_open_segment(cfg.segments_path / name)
+            sealed_path, removed = recover_open_segment(path)
         except StorageUnavailable as e:
             log.error("%s; it stays open", e)
             continue
         sealed += 1
         log.info("sealed %s, left open by a worker this run does not start (%d bytes of torn "
-                 "tail removed)", path or name, removed)
+                 "tail removed)", sealed_path or path, removed)
     return sealed
 
 

@@ -275,7 +275,7 @@ class HttpProtocol(asyncio.Protocol):
         refusal = None if precheck is None else precheck(request)
         if refusal is None:
             return None
-        return refusal, request.path if not request.path_params else _pattern_label(request)
+        return refusal, _route_label(request)
 
     def _dispatch(self, body: bytes) -> None:
         head = self.head
@@ -292,7 +292,7 @@ class HttpProtocol(asyncio.Protocol):
         if handler is None:
             self._respond(_unroutable(head.method, path, allowed), "unmatched")
             return
-        label = request.path if not request.path_params else _pattern_label(request)
+        label = _route_label(request)
         try:
             result = handler(request)
         except HTTPError as e:
@@ -462,6 +462,11 @@ def _unroutable(method: str, path: str, allowed: list[str]) -> Response:
             f"{method} is not allowed on {path}; use {', '.join(allowed)}",
             headers=[("allow", ", ".join(allowed))])
     return error_response(404, "not_found", f"no route for {path}; GET /help lists the routes")
+
+
+def _route_label(request: Request) -> str:
+    """The metrics label of a routed request: its path, or its pattern (`_pattern_label`)."""
+    return request.path if not request.path_params else _pattern_label(request)
 
 
 def _pattern_label(request: Request) -> str:

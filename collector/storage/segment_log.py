@@ -40,6 +40,20 @@ def id_node(snowflake: int) -> tuple[int, int]:
     return (snowflake >> _DATACENTER_SHIFT) & _NODE_MASK, (snowflake >> _WORKER_SHIFT) & _NODE_MASK
 
 
+def open_segments(directory: Path) -> list[tuple[Path, int]]:
+    """The `.open` segments in `directory` with their first id, in name (so id) order.
+
+    Raises:
+        OSError: the directory cannot be listed.
+    """
+    found = []
+    for name in sorted(os.listdir(directory)):
+        parsed = parse_segment_name(name)
+        if parsed is not None and not parsed[1]:
+            found.append((directory / name, parsed[0]))
+    return found
+
+
 def should_roll(
     size: int, age: float, roll_bytes: int, roll_seconds: float
 ) -> bool:
@@ -156,19 +170,15 @@ class SegmentLog:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            names = sorted(os.listdir(self.directory))
+            found = open_segments(self.directory)
         except OSError as exc:
             raise StorageUnavailable(
                 f"cannot use segment directory {self.directory}: {exc.strerror or exc}"
             ) from exc
         active = self.active.path if self.active is not None else None
         recovered: list[tuple[Path, int]] = []
-        for name in names:
-            parsed = parse_segment_name(name)
-            if parsed is None or parsed[1] or not self.owns(parsed[0]):
-                continue
-            path = self.directory / name
-            if path == active:
+        for path, first_id in found:
+            if not self.owns(first_id) or path == active:
                 continue
             _, removed = recover_open_segment(path)
             recovered.append((path, removed))

@@ -417,8 +417,13 @@ def test_an_embedded_redis_that_cannot_start_is_a_plain_message(start_server: St
     """A data directory too long for a unix socket path gave a raw traceback."""
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     server = start_server(data_dir=deep, wait=False, env={"COLLECTOR_REDIS_ENABLED": "true"})
+    assert_refused_in_one_line(server, "use a shorter --data-dir")
+
+
+def assert_refused_in_one_line(server: ServerProcess, message: str) -> None:
+    """`serve` exited 1 saying `message`, without a traceback."""
     assert server.proc.wait(30) == 1
-    assert "use a shorter --data-dir" in server.log()
+    assert message in server.log()
     assert "Traceback" not in server.log()
 
 
@@ -428,9 +433,7 @@ def test_a_segment_directory_that_is_a_file_is_one_line(start_server: Start,
     data.mkdir()
     (data / "segments").write_text("not a directory")
     server = start_server(data_dir=data, wait=False)
-    assert server.proc.wait(30) == 1
-    assert "segments as a directory: exists and is not a directory" in server.log()
-    assert "Traceback" not in server.log()
+    assert_refused_in_one_line(server, "segments as a directory: exists and is not a directory")
 
 
 def test_open_segments_of_workers_that_no_longer_run_are_sealed(start_server: Start,
