@@ -30,6 +30,7 @@ from bson.errors import InvalidDocument
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError
+from pymongo.uri_parser import parse_uri
 
 from loader.aggregate import (
     DAY_SECONDS,
@@ -93,6 +94,10 @@ def _params(doc: dict[str, Any]) -> Any:
     return doc["params"] if text is None else orjson.loads(text)
 
 
+SERVER_SELECTION_MS = 5000
+"""How long an operation waits for a usable server, unless the URI says otherwise."""
+
+
 class MongoStore:
     def __init__(self, client: Any, database: str, *, user_key: str = "user_id",
                  readonly: bool = False, owns_client: bool = False) -> None:
@@ -111,8 +116,12 @@ class MongoStore:
                  readonly: bool = False) -> MongoStore:
         # Majority and journaled: the loader records its position once insert_batch returns,
         # so an insert must not be acknowledged before it survives a crash or a failover.
+        # A server selection timeout in the URI is kept (a keyword would override it).
+        given = {name.lower() for name in parse_uri(uri)["options"]}
+        timeout = {} if "serverselectiontimeoutms" in given else {
+            "serverSelectionTimeoutMS": SERVER_SELECTION_MS}
         client: MongoClient[dict[str, Any]] = MongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=5000, w="majority", journal=True)
+            uri, tz_aware=True, w="majority", journal=True, **timeout)
         return cls(client, database, user_key=user_key, readonly=readonly, owns_client=True)
 
     def _ensure_indexes(self) -> None:

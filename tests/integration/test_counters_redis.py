@@ -404,6 +404,22 @@ async def test_commands_refused_by_redis_are_retried(
     assert sync_redis.pfcount("{collector:uniques}:hll:20231114") == 2
 
 
+async def _until_redis_is_busy(server: RedisServer) -> None:
+    """Return once Redis runs the busy script: a PING that cannot get an answer in 50 ms."""
+    probe = redis.Redis.from_url(server.url, socket_timeout=0.05)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            assert time.monotonic() < deadline, "the busy script never started"
+            try:
+                probe.ping()
+            except redis.exceptions.TimeoutError:
+                return
+            await asyncio.sleep(0.005)
+    finally:
+        probe.close()
+
+
 async def test_a_flush_applied_after_its_timeout_is_not_sent_twice(
         redis_server: RedisServer, sync_redis: redis.Redis) -> None:  # noqa: F811
     # Redis busy for longer than the client's timeout: the flush times out, yet Redis applies
@@ -417,10 +433,11 @@ async def test_a_flush_applied_after_its_timeout_is_not_sent_twice(
         add_in_requests(counters, events)
         await flush(counters)  # connects, so the next flush has nothing left to set up
         add_in_requests(counters, events)
+        errors = metrics.get("collector_stats_flushes_total", result="error")
         busy = asyncio.get_running_loop().run_in_executor(None, sync_redis.eval, BUSY_LUA, 0)
-        await asyncio.sleep(0.1)  # the script is running
+        await _until_redis_is_busy(redis_server)
         await flush(counters)
-        assert metrics.get("collector_stats_flushes_total", result="error") == 1
+        assert metrics.get("collector_stats_flushes_total", result="error") == errors + 1
         await busy
         await flush(counters)
         assert counters.pending == 0

@@ -41,7 +41,7 @@ def test_an_unreachable_store_is_retried_counted_and_logged_in_one_line(tmp_path
                   COLLECTOR_LOADER_POLL_INTERVAL="0.2")
     status = tmp_path / "run" / "loader.json"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # (each attempt waits the URI's 200 ms)
         errors = 0
         while time.monotonic() < deadline and errors < 2:
             time.sleep(0.2)
@@ -81,3 +81,20 @@ def test_a_bad_metrics_port_is_refused_by_the_flag(tmp_path: Path) -> None:
     proc = loader(tmp_path, "--metrics-port", "99999")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err and "0-65535" in err
+
+
+def test_the_server_selection_timeout_of_the_uri_is_kept() -> None:
+    from loader.stores.mongo import SERVER_SELECTION_MS, MongoStore
+
+    # readonly: no index to create, so nothing connects to the closed port
+    given = MongoStore.from_uri(f"mongodb://127.0.0.1:{closed_port()}/?serverselectiontimeoutms"
+                                "=200", "db", readonly=True)
+    default = MongoStore.from_uri(f"mongodb://127.0.0.1:{closed_port()}/", "db", readonly=True)
+    try:
+        assert given._client.options.server_selection_timeout == 0.2
+        assert default._client.options.server_selection_timeout == SERVER_SELECTION_MS / 1000
+        # what the loader insists on stays whatever the URI says
+        assert given._client.options.write_concern.document == {"w": "majority", "j": True}
+    finally:
+        given.close()
+        default.close()

@@ -120,6 +120,15 @@ def patient_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 
 @pytest.fixture(scope="module")
+def trickle_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A body timeout short enough for an upload to outlast it, long enough that a loaded
+    machine never stretches one pause of the test's client past it."""
+    with module_server(tmp_path_factory, "trickle",
+                       {"COLLECTOR_SERVER_BODY_TIMEOUT": "3"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def capped_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with module_server(tmp_path_factory, "capped",
                        {"COLLECTOR_SERVER_MAX_CONNECTIONS": "5"}) as server:
@@ -683,19 +692,19 @@ def test_stalled_body_gets_408(slow_srv: ServerProcess, rawconn: Connect) -> Non
     assert stored(slow_srv, mark) == {mark: 0}
 
 
-def test_slow_but_progressing_body_is_not_timed_out(slow_srv: ServerProcess,
+def test_slow_but_progressing_body_is_not_timed_out(trickle_srv: ServerProcess,
                                                     rawconn: Connect) -> None:
     # The body timer is re-armed by every piece (unlike the header timer): an upload that
     # takes longer than the timeout in total but never pauses that long is fine.
     mark = marker("trickle")
     body = orjson.dumps({"event_type": "slow", "event_id": mark, "params": {"p": "q" * 40}})
-    conn = rawconn(slow_srv.port)
+    conn = rawconn(trickle_srv.port)
     conn.send(request_bytes("POST", "/api/events", headers={"Content-Length": str(len(body))}))
-    step = -(-len(body) // 12)
-    conn.send_pieces(body, step, pause=0.15)  # ~1.8 s in total against a 1 s body timeout
+    step = -(-len(body) // 14)
+    conn.send_pieces(body, step, pause=0.3)  # ~4.2 s in total against a 3 s body timeout
     resp = conn.read_response()
     assert resp.status == 202, resp.body
-    assert stored(slow_srv, mark) == {mark: 1}
+    assert stored(trickle_srv, mark) == {mark: 1}
 
 
 def test_idle_keep_alive_connection_is_closed(slow_srv: ServerProcess, rawconn: Connect) -> None:

@@ -66,8 +66,12 @@ def test_sigterm_finishes_in_flight_requests_and_seals(start_server: Start,
     assert idle.exchange(request_bytes("GET", "/healthz")).status == 200
     body = orjson.dumps({"event_type": "in-flight"})
     in_flight = rawconn(server.port)
-    in_flight.send(request_bytes("POST", "/api/events",
-                                 headers={"Content-Length": str(len(body))}) + body[:7])
+    in_flight.send(request_bytes("POST", "/api/events", headers={
+        "Content-Length": str(len(body)), "Expect": "100-continue"}))
+    # The 100 comes once the worker has parsed the head: from then on the request is in
+    # flight (before, a SIGTERM could find the connection still idle and close it).
+    assert in_flight.read_response().status == 100
+    in_flight.send(body[:7])
 
     server.proc.send_signal(signal.SIGTERM)
     # The idle connection is closed once the worker starts draining, which is after its
@@ -298,8 +302,10 @@ def test_the_serve_lock_lasts_while_an_orphaned_worker_finishes(start_server: St
     wait_started(first)
     (worker,) = worker_pids(first)
     slow = rawconn(first.port)
-    slow.send(b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-    time.sleep(0.3)
+    slow.send(b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+              b"Expect: 100-continue\r\n\r\n")
+    assert slow.read_response().status == 100  # the worker has the request in hand
+    slow.send(b"{")
     os.kill(first.proc.pid, signal.SIGKILL)  # the supervisor only
     first.proc.wait()
     second = start_server(data_dir=first.data_dir, wait=False)

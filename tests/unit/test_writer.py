@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,16 @@ async def settle(futures: list[asyncio.Future[None] | None]) -> list[BaseExcepti
     return [r if isinstance(r, BaseException) else None for r in results]
 
 
+async def wait_until(done: Callable[[], bool], what: str, guard: float = 10.0) -> None:
+    """Poll `done` on the loop until it holds; fail after `guard` seconds of wall time. Seal
+    and fsync jobs run real fsyncs in the executor, which a busy disk can hold for seconds (a
+    fixed number of short sleeps ran out under CI-like disk load, 8 times in 15)."""
+    deadline = time.monotonic() + guard
+    while not done():
+        assert time.monotonic() < deadline, f"{what} did not happen within {guard} s"
+        await asyncio.sleep(0.01)
+
+
 def stored(directory: Path) -> bytes:
     return b"".join(info.path.read_bytes() for info in list_segments(directory))
 
@@ -150,10 +162,7 @@ async def test_os_mode_rolls_by_size_and_seals_off_the_loop(seg_dir: Path) -> No
     # The full segments are detached at once (new writes go to a new file) and sealed by a
     # commit job in the executor, not on the loop thread.
     assert [i.sealed for i in list_segments(seg_dir)] == [False, False, False]
-    for _ in range(100):
-        if writer.segments_rolled == 2:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: writer.segments_rolled == 2, "sealing the two full segments")
 
     infos = list_segments(seg_dir)
     assert [(i.first_id, i.sealed) for i in infos] == [
@@ -372,9 +381,10 @@ async def test_a_moved_directory_is_noticed_by_the_tick(seg_dir: Path, durabilit
     assert not writer.available and "moved or removed" in (writer.last_error or "")
     with pytest.raises(StorageUnavailable):
         writer.write(line(1), snowflake(1))
-    for _ in range(500):  # (fsync: the probe waits for the seal job of the moved segment,
-        clock.advance(1.0)  # whose failure, its path being gone, restarts the probe interval)
-        writer.tick()  # the probe makes the configured directory again
+    deadline = time.monotonic() + 10.0  # (real fsyncs: see wait_until)
+    while time.monotonic() < deadline:  # (fsync: the probe waits for the seal job of the moved
+        clock.advance(1.0)  # segment, whose failure, its path being gone, restarts the probe
+        writer.tick()  # interval) the probe makes the configured directory again
         if writer.available:
             break
         await asyncio.sleep(0.01)
@@ -569,10 +579,7 @@ async def test_submit_appends_one_iterations_requests_with_one_write(
         writer.submit(line(n), snowflake(n), done_for(n))
     assert seen == [] and counting.calls == 0  # nothing is acknowledged before it is written
 
-    for _ in range(100):
-        if len(seen) == 10:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(seen) == 10, "acknowledging the ten requests")
 
     assert seen == [(n, None) for n in range(10)]  # each once, in submission order
     assert counting.calls == 1
