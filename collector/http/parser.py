@@ -13,7 +13,10 @@ The common case is one `feed()` holding a whole small request. It costs one `fin
 one `split(CRLF)` of the head, one `translate()` that proves the head holds no control bytes
 besides its CRLFs, a `partition(":")` + `lower()` + `strip()` per field, one `translate()`
 over all field names together, a dict of the fields (duplicate-free heads skip the slow path),
-and a slice for the body: no per-byte Python loop and no regular expression.
+and a slice for the body: no per-byte Python loop and no regular expression. And most of that
+only once per distinct head: `parse_head` is a pure function of the head's bytes and the
+limits, so a head seen before (a keep-alive client repeats its head, changed at most in its
+Content-Length) is one dict hit (`_HEADS`), as are request and field lines seen before.
 
 Buffer: `_buf` is the received bytes not yet discarded and `_pos` the first unconsumed byte.
 While everything arrives in whole requests, `_buf` is the very `bytes` object the transport
