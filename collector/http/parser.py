@@ -326,7 +326,7 @@ class RequestParser:
         else:
             head = parse_head(head_bytes, limits)
             if size <= _CACHED_HEAD_BYTES:
-                if len(_HEADS) >= _CACHED_LINES:
+                if len(_HEADS) >= _CACHED_HEADS:
                     _HEADS.clear()
                 _HEADS[head_bytes] = (limits, head)
         self._state = _AFTER_HEAD
@@ -665,7 +665,10 @@ _CACHED_LINE_BYTES = 256
 _CACHED_LINES = 1024
 """Each cache is emptied when it reaches this many lines: bounded memory whatever comes in."""
 _CACHED_HEAD_BYTES = 1024
-"""Longer heads are parsed every time; the cache holds at most _CACHED_LINES of them."""
+"""Longer heads are parsed every time."""
+_CACHED_HEADS = 256
+"""The head cache is emptied when it reaches this many heads. A head of 1 KiB split into a
+hundred short fields keeps ~11 KB of objects alive, so the cache holds at most ~3 MB."""
 _REQUEST_LINES: dict[bytes, tuple[str, str, str]] = {}
 _HEADS: dict[bytes, tuple[ParserLimits, RequestHead]] = {}
 """Whole heads already parsed, with the limits they were parsed under. parse_head is a pure

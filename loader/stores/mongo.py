@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import bson
 import orjson
@@ -30,7 +31,6 @@ from bson.errors import InvalidDocument
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError
-from pymongo.uri_parser import parse_uri
 
 from loader.aggregate import (
     DAY_SECONDS,
@@ -117,7 +117,8 @@ class MongoStore:
         # Majority and journaled: the loader records its position once insert_batch returns,
         # so an insert must not be acknowledged before it survives a crash or a failover.
         # A server selection timeout in the URI is kept (a keyword would override it).
-        given = {name.lower() for name in parse_uri(uri)["options"]}
+        # (The query string's names: pymongo's parse_uri would resolve a mongodb+srv host.)
+        given = {name.lower() for name in parse_qs(urlsplit(uri).query)}
         timeout = {} if "serverselectiontimeoutms" in given else {
             "serverSelectionTimeoutMS": SERVER_SELECTION_MS}
         client: MongoClient[dict[str, Any]] = MongoClient(

@@ -246,10 +246,11 @@ async def test_ttls_follow_each_granularity_retention(
         # The key lives at least a second past the end of its retention: a TTL rounded down let
         # the oldest bucket of the window read 0 for most of its last second (an audit). Redis
         # counts down in real time from the EXPIRE, which came after `flushed`, so the remaining
-        # TTL is at most what was set and, with the time since `flushed` added back, at least it.
+        # TTL is at most what was set and, with the time since `flushed` added back, at least it
+        # (less a millisecond or two: Redis keeps its clock in whole milliseconds).
         expected = math.ceil(want[prefix]) + 1
         assert ttl <= expected, key
-        assert ttl + elapsed >= expected, key
+        assert ttl + elapsed >= expected - 0.002, key
 
 
 # --- unique users --------------------------------------------------------------------------------

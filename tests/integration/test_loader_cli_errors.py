@@ -41,7 +41,7 @@ def test_an_unreachable_store_is_retried_counted_and_logged_in_one_line(tmp_path
                   COLLECTOR_LOADER_POLL_INTERVAL="0.2")
     status = tmp_path / "run" / "loader.json"
     try:
-        deadline = time.monotonic() + 60  # (each attempt waits the URI's 200 ms)
+        deadline = time.monotonic() + 60  # (a slow machine's margin)
         errors = 0
         while time.monotonic() < deadline and errors < 2:
             time.sleep(0.2)
@@ -86,7 +86,7 @@ def test_a_bad_metrics_port_is_refused_by_the_flag(tmp_path: Path) -> None:
 def test_the_server_selection_timeout_of_the_uri_is_kept() -> None:
     from loader.stores.mongo import SERVER_SELECTION_MS, MongoStore
 
-    # readonly: no index to create, so nothing connects to the closed port
+    # readonly: no index to create, so nothing waits for the closed port
     given = MongoStore.from_uri(f"mongodb://127.0.0.1:{closed_port()}/?serverselectiontimeoutms"
                                 "=200", "db", readonly=True)
     default = MongoStore.from_uri(f"mongodb://127.0.0.1:{closed_port()}/", "db", readonly=True)

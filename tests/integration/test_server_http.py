@@ -700,8 +700,9 @@ def test_slow_but_progressing_body_is_not_timed_out(trickle_srv: ServerProcess,
     body = orjson.dumps({"event_type": "slow", "event_id": mark, "params": {"p": "q" * 40}})
     conn = rawconn(trickle_srv.port)
     conn.send(request_bytes("POST", "/api/events", headers={"Content-Length": str(len(body))}))
-    step = -(-len(body) // 14)
-    conn.send_pieces(body, step, pause=0.3)  # ~4.2 s in total against a 3 s body timeout
+    # At least 16 pieces 0.3 s apart: the last comes 4.5 s or more after the head, well past
+    # the 3 s timeout plus the sweep's 0.75 s, whatever the marker makes the body's length.
+    conn.send_pieces(body, len(body) // 16, pause=0.3)
     resp = conn.read_response()
     assert resp.status == 202, resp.body
     assert stored(trickle_srv, mark) == {mark: 1}

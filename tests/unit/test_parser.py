@@ -1146,7 +1146,7 @@ def test_refused_heads_are_never_remembered_and_the_head_cache_stays_bounded() -
         with pytest.raises(ProtocolError):
             bad.next_event()
     assert not parser_module._HEADS
-    limit = parser_module._CACHED_LINES
+    limit = parser_module._CACHED_HEADS
     for n in range(limit + 5):
         _read_one_head(RequestParser(), b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
         assert len(parser_module._HEADS) <= limit
