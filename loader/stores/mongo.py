@@ -119,7 +119,7 @@ class MongoStore:
         # A server selection timeout in the URI is kept (a keyword would override it).
         # (The query string's names: pymongo's parse_uri would resolve a mongodb+srv host.)
         given = {name.lower() for name in parse_qs(urlsplit(uri).query)}
-        timeout = {} if "serverselectiontimeoutms" in given else {
+        timeout: dict[str, Any] = {} if "serverselectiontimeoutms" in given else {
             "serverSelectionTimeoutMS": SERVER_SELECTION_MS}
         client: MongoClient[dict[str, Any]] = MongoClient(
             uri, tz_aware=True, w="majority", journal=True, **timeout)

@@ -502,16 +502,18 @@ class SQLiteStore:
                            args).fetchone()
         return int(n)
 
-    def daily_stats(self, start_day: str | None, end_day: str | None,
+    @staticmethod
+    def _daily_rows(con: sqlite3.Connection, start_day: str | None, end_day: str | None,
                     event_types: list[str] | None) -> list[tuple[str, str, int]]:
         where, args = _day_where(start_day, end_day, event_types)
-        with self._snapshot() as con:
-            if con is None:
-                return []
-            rows = con.execute(
-                f"SELECT day, event_type, total FROM daily_stats{where} "
-                "ORDER BY day, event_type", args).fetchall()
+        rows = con.execute(f"SELECT day, event_type, total FROM daily_stats{where} "
+                           "ORDER BY day, event_type", args).fetchall()
         return [(d, t, int(n)) for d, t, n in rows]
+
+    def daily_stats(self, start_day: str | None, end_day: str | None,
+                    event_types: list[str] | None) -> list[tuple[str, str, int]]:
+        with self._snapshot() as con:
+            return [] if con is None else self._daily_rows(con, start_day, end_day, event_types)
 
     def rollup(self, period: str, start: float | None, end: float | None,
                event_types: list[str] | None) -> list[dict[str, Any]]:
@@ -524,11 +526,9 @@ class SQLiteStore:
             rows: list[tuple[str, str, int]] = []
             if days is not None:
                 first, last = days
-                where, args = _day_where(None if first is None else day_string(first),
+                rows += self._daily_rows(con, None if first is None else day_string(first),
                                          None if last is None else day_string(last),
                                          event_types)
-                rows += con.execute(f"SELECT day, event_type, total FROM daily_stats{where}",
-                                    args).fetchall()
             for piece in pieces:
                 # Per event type of the day (daily_stats lists them), a count of a range of
                 # the (event_type, ts) index: no table row is read, unlike a GROUP BY over
