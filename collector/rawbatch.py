@@ -121,12 +121,18 @@ one per params) holds for params with a few containers each, large enough to amo
 
 
 class RawBatch(NamedTuple):
-    """A decoded batch that passed every check: the columns `encode` turns into lines."""
+    """A decoded batch that passed every check: the columns `encode` turns into lines.
+
+    `spans`: when the body was laid out compactly (`_compact_pieces`), each event's own text
+    from its event_type's value to the end of its params, which `encode` copies into the line
+    as it is (its ts too: `int_stamps` is then False, and not looked at).
+    """
 
     types: list[str]
     stamps: list[int | float]
     params: list[msgspec.Raw | bytes]
     int_stamps: bool
+    spans: list[bytes] | None = None
 
 
 class One(NamedTuple):
@@ -185,32 +191,126 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     if count < MIN_EVENTS or count > limits.max_events:
         return None
     types = list(map(_get_type, events))
-    if list(map(str.strip, types)) != types:
-        return None
     if not all(map(_plain_type, set(types))):
+        return None
+    if body.find(b"\\") >= 0:
+        return None  # (see _hides_values; _compact_pieces relies on it too)
+    if not body.isascii() and not _utf8(body):
         return None
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
     stamps = list(map(_get_ts, events))
+    params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
+    try:
+        low, high = min(stamps), max(stamps)  # (JSON has no NaN: both are exact)
+    except TypeError:  # a None among them: a ts absent or null
+        pass
+    else:
+        if low < 0 or high > upper:
+            return None
+        pieces = _compact_pieces(body, events)
+        if pieces is not None:
+            verdict = _plain_params(params, limits.max_depth)
+            if verdict:
+                return RawBatch(types, stamps, params, False, pieces)
+            if verdict is None:
+                return None
+            # (False: a number to look at closer, which the general checks below do)
     kinds = set(map(type, stamps))
     if type(None) in kinds:
         stamps = [ra if ts is None else ts for ts in stamps]  # absent or null
         kinds = set(map(type, stamps))
     int_stamps = kinds == _ONLY_INT
-    if int_stamps:
-        if min(stamps) < 0 or max(stamps) > upper // 1:
-            return None
-    elif not kinds <= _NUMBERS or min(stamps) < 0 or max(stamps) > upper:
-        return None  # (JSON has no NaN, so min and max are exact here.)
-    params: list[msgspec.Raw | bytes] = list(map(_get_params, events))
-    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
+    if not kinds <= _NUMBERS or min(stamps) < 0 or max(stamps) > upper:
         return None
-    if not body.isascii() and not _utf8(body):
+    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
         return None
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
         return None
     return RawBatch(types, stamps, checked, int_stamps)
+
+
+_encode_events = msgspec.json.Encoder().encode
+_BETWEEN = b'},{"event_type":"'
+"""What lies between two events of a compact batch: the next event_type's text follows."""
+
+
+def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
+    """Each event's text from its event_type's value to the end of its params, if `body` is
+    laid out compactly; else None.
+
+    Compactly means as JSON encoders write a list of events by default:
+    `[{"event_type":"T","ts":N,"params":{...}},...]` with no whitespace between tokens, the
+    three fields in this order, each once. Then the segment line is that text behind an id and
+    received_at (`encode`): each event is copied, not written anew, and its fields need no
+    formatting.
+
+    The layout is proven, not assumed: msgspec writes the decoded events back, and the body
+    must be those very bytes. That leaves no room for whitespace, a field given twice or left
+    out, a null ts, or a ts spelled other than as its value's shortest form (the params are
+    written back as they were sent: they are Raw). Every event then starts with its
+    event_type, so splitting the body between events must give one piece per event, unless a
+    params holds that text too (the caller then takes the general path).
+    """
+    if body.find(b"\n") >= 0 or body.find(b"\r") >= 0 or _encode_events(events) != body:
+        return None  # (a raw line break would split a line: it can only be in a params)
+    pieces = body.split(_BETWEEN)
+    if len(pieces) != len(events):
+        return None
+    pieces[0] = pieces[0][16:]  # ([{"event_type":")
+    pieces[-1] = pieces[-1][:-2]  # (}])
+    return pieces
+
+
+_SKELETON = bytes(
+    48 if byte in b"0123456789" else 101 if byte in b"eE" else 43 if byte in b"+-" else
+    byte if byte in b'{["' else 32 if byte in b":," else 10 if byte == 0 else 0
+    for byte in range(256))
+"""What `_plain_params` keeps of params' JSON text, mapped to the classes that its checks look
+at: digits to "0", exponent letters to "e", signs to "+", opening brackets and quotes as they
+are, the two characters a number can follow (":" and ","; "[" is kept) to a space, the NUL
+that separates params joined together (JSON text never holds one) to a newline."""
+_NOT_SKELETON = bytes(byte for byte in range(256) if not _SKELETON[byte] and byte)
+"""And what it drops: all else (letters, closing brackets, whitespace, points, non-ASCII...).
+Dropping bytes can join two runs of digits, or bring a digit next to an "e" (false alarms,
+as digits in strings are), but it never parts what was together, nor takes away what comes
+before a number (a space, a "[", a sign), so no number the checks are for goes unseen."""
+_BRACKETS = bytes(123 if byte == 91 else byte for byte in range(256))
+"""Both opening brackets as "{": with the rest of the skeleton dropped (`_NOT_BRACKETS`), the
+brackets of each params are one run."""
+_NOT_BRACKETS = b'0e+ "'
+_SKELETON_NUMBER_RUNS = tuple(opening + _LONG_DIGITS for opening in (b" ", b"[", b"+", b"{"))
+"""`_NUMBER_RUNS` in the skeleton: a run of 19 digits after what a number can follow."""
+_BIG_EXPONENTS = (b"0e000", b"0e+000")
+"""An exponent of three digits or more: a number orjson may find past a double's range.
+With fewer, the largest is below 1e18 * 1e99, since 19 digits before the point are
+`_LONG_DIGITS`. Other exponents are copied as they were sent; orjson reads the same value from
+them as from the way it would write it."""
+
+
+def _plain_params(params: list[msgspec.Raw | bytes], max_depth: int) -> bool | None:
+    """Whether the params may be copied into the lines as they were sent: True; None if one
+    is not an object, or nested deeper than `max_depth`; False if a number in them must be
+    looked at closer (`_checked_params` does).
+
+    All the params at once, in their skeleton (`_SKELETON`): one join, two translates and a few
+    scans in C. (Raw line breaks and backslashes were looked for in the whole body.)
+    """
+    skeleton = _SEPARATOR.join(params).translate(_SKELETON, _NOT_SKELETON)
+    # Every params is an object: the JSON values that open with "{" (a string opens with a
+    # quote, a number with a digit or a sign, true and false with an "e" here, null with
+    # nothing).
+    if skeleton[:1] != b"{" or skeleton.count(b"\n{") != len(params) - 1:
+        return None
+    if skeleton.find(_BIG_EXPONENTS[0]) >= 0 or skeleton.find(_BIG_EXPONENTS[1]) >= 0 or \
+            (skeleton.find(_LONG_DIGITS) >= 0 and
+             any(skeleton.find(run) >= 0 for run in _SKELETON_NUMBER_RUNS)):
+        return False
+    # Depth. Each container opens with one bracket, so a params' brackets bound its depth
+    # (brackets inside strings only loosen the bound): no params may hold a run of more.
+    brackets = skeleton.translate(_BRACKETS, _NOT_BRACKETS)
+    return brackets.find(b"{" * (max_depth + 1)) < 0 or None
 
 
 def encode_one(body: bytes, received_at: float, limits: EventLimits,
@@ -267,10 +367,10 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
 
 def _plain_type(event_type: str) -> bool:
     """An event_type the slow path keeps as it is: 1-256 characters, printable (stricter than
-    its control-character rule; whatever this refuses, the slow path judges). Stripping is
-    checked by the caller, for a whole batch at once."""
+    its control-character rule; whatever this refuses, the slow path judges), nothing to
+    strip. (A batch asks once per distinct event_type.)"""
     return bool(event_type) and len(event_type) <= MAX_EVENT_TYPE_CHARS and \
-        event_type.isprintable()
+        event_type.isprintable() and event_type.strip() == event_type
 
 
 def _utf8(body: bytes) -> bool:
@@ -388,6 +488,8 @@ def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:
     if count != len(batch.types):
         raise ValueError(f"cannot encode batch: {len(batch.types)} events but {count} ids")
     dumps = orjson.dumps
+    if batch.spans is not None:
+        return _spliced(batch, ids, dumps(round_ms(received_at)))
     openings = {t: b'"event_type":%b,"ts":' % dumps(t) for t in set(batch.types)}
     if batch.int_stamps:
         stamps = list(map(_INT_TS.__mod__, batch.stamps))
@@ -401,3 +503,19 @@ def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:
     parts[4::6] = batch.params
     parts[5::6] = [b',"received_at":%b}\n' % dumps(round_ms(received_at))] * count
     return b"".join(parts)  # (a Raw has the buffer protocol)
+
+
+def _spliced(batch: RawBatch, ids: list[int], received_at: bytes) -> bytes:
+    """The lines of a batch with `spans`: four pieces per event and no formatting per event.
+
+        }\\n{"id":"<head> | <3 digits>", | "received_at":...,"event_type":" | <span>
+
+    (the first line without the brace and newline before it, and the last one's after it).
+    """
+    count = len(ids)
+    parts: list[bytes] = [b'"received_at":%b,"event_type":"' % received_at] * (4 * count + 1)
+    parts[0:-1:4], parts[1::4] = _id_pieces(ids, b'}\n{"id":"')
+    parts[3::4] = batch.spans  # type: ignore[assignment]
+    parts[0] = parts[0][2:]
+    parts[-1] = b"}\n"
+    return b"".join(parts)

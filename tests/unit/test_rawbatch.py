@@ -51,9 +51,10 @@ def slow_lines(
 
 def typed(line: bytes) -> bytes:
     """A line as the loader reads it, written back canonically: two lines with the same JSON
-    value give the same bytes, and unlike `==` on the parsed objects an int ts is not equal
-    to the float of the same value."""
-    return orjson.dumps(orjson.loads(line))
+    value give the same bytes, whatever the order of their fields (SPEC §5 names the fields,
+    not their order), and unlike `==` on the parsed objects an int ts is not equal to the
+    float of the same value."""
+    return orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS)
 
 
 def check_lines(
@@ -840,3 +841,167 @@ def test_an_integer_of_19_digits_or_more_takes_the_slow_path(number: int) -> Non
 def test_a_long_digit_run_is_left_to_the_slow_path(params: bytes) -> None:
     assert declines(with_params_event(params))
     assert declines(with_params(params))
+
+
+# --- the compact layout: events copied into their lines (_compact_pieces, _plain_params) ------
+
+
+def spliced(body: bytes, limits: EventLimits = LIMITS) -> bool:
+    """Whether `decode` took `body` as a compact batch, whose lines copy each event's text;
+    in any case, that whatever took it agrees with the slow path."""
+    batch = rawbatch.decode(body, RA, limits)
+    agrees(body, limits)
+    return batch is not None and batch.spans is not None
+
+
+def compact(*texts: bytes, count: int = 12) -> bytes:
+    """A compact batch of `count` events: the texts given, then plain ones."""
+    plain = [b'{"event_type":"view","ts":%d,"params":{"i":%d,"l":[1,"x"]}}' % (1_456_606_932 + i, i)
+             for i in range(count)]
+    return b"[" + b",".join([*texts, *plain[len(texts):]]) + b"]"
+
+
+def compact_event(i: int) -> bytes:
+    """The text of a plain event, as `compact` writes it."""
+    return b'{"event_type":"view","ts":%d,"params":{"i":%d}}' % (1_456_606_932 + i, i)
+
+
+def test_the_common_compact_batch_is_spliced() -> None:
+    assert spliced(compact())
+    events = [event(t, ts, {"user_id": 1000 + ts % 7, "path": "/é", "ab": ["a", "b"]})
+              for t, ts in zip(["view", "click", "漢字", "a b"] * 5, range(10**9, 10**9 + 20),
+                               strict=True)]
+    assert spliced(orjson.dumps(events))
+    assert spliced(orjson.dumps([event(ts=1.5), *[event(ts=1_456_606_932.25)] * 9]))
+
+
+_NOT_COMPACT = {
+    "a space after a comma": compact().replace(b',"ts"', b', "ts"', 1),
+    "a newline between events": compact().replace(b"},{", b"},\n{", 1),
+    "ts before event_type": compact(b'{"ts":5,"event_type":"view","params":{}}'),
+    "params before ts": compact(b'{"event_type":"view","params":{},"ts":5}'),
+    "no ts": compact(b'{"event_type":"view","params":{}}'),
+    "null ts": compact(b'{"event_type":"view","ts":null,"params":{}}'),
+    "no params": compact(b'{"event_type":"view","ts":5}'),
+    "ts of 1.50": compact(b'{"event_type":"view","ts":1.50,"params":{}}'),
+    "ts of 17E8": compact(b'{"event_type":"view","ts":17E8,"params":{}}'),
+    "ts of -0": compact(b'{"event_type":"view","ts":-0,"params":{}}'),
+    "params given twice": compact(b'{"event_type":"view","ts":5,"params":{},"params":{}}'),
+    "a repeated key's first value": compact(
+        b'{"event_type":"view","ts":5,"ts":6,"params":{}}'),
+    "the text between events inside a params": compact(
+        b'{"event_type":"view","ts":5,"params":{"l":[{},{"event_type":"x"}]}}'),
+    "an exponent of three digits": compact(b'{"event_type":"view","ts":5,"params":{"x":1e300}}'),
+    "a signed exponent of three digits": compact(
+        b'{"event_type":"view","ts":5,"params":{"x":[2.5E+300]}}'),
+    "19 digits": compact(b'{"event_type":"view","ts":5,"params":{"x":-1234567890123456789}}'),
+    "19 digits after a point": compact(
+        b'{"event_type":"view","ts":5,"params":{"x":0.1234567890123456789}}'),
+    "a raw newline in a params": compact(b'{"event_type":"view","ts":5,"params":{"x":\n1}}'),
+    "a carriage return in a params": compact(b'{"event_type":"view","ts":5,"params":{"x":1\r}}'),
+    "a backslash": compact(b'{"event_type":"view","ts":5,"params":{"x":"\\/"}}'),
+    "what looks like an exponent in a string (a false alarm)": compact(
+        b'{"event_type":"view","ts":5,"params":{"x":"3e000"}}'),
+    "33 brackets in a string": compact(
+        b'{"event_type":"view","ts":5,"params":{"x":"' + b"[" * 33 + b'"}}'),
+}
+"""Compact-looking bodies that `decode` must not splice: the general checks take them (and
+accept or decline them), and the lines agree either way."""
+
+
+@pytest.mark.parametrize("body", _NOT_COMPACT.values(), ids=_NOT_COMPACT.keys())
+def test_what_is_not_plainly_compact_is_not_spliced(body: bytes) -> None:
+    assert not spliced(body)
+
+
+_SPLICED = {
+    "an exponent of two digits": b'{"x":1e99,"y":-2.5E-99,"z":[1E+9]}',
+    "a float": b'{"x":0.1,"y":-1.5,"z":1e-5}',
+    "18 digits": b'{"x":123456789012345678,"y":-123456789012345678}',
+    "a 19-digit id as a string": b'{"order":"7123456789012345995"}',
+    "digits and e in strings": b'{"x":"3e00","y":"1e","z":"a 1e+40"}',
+    "brackets in strings": b'{"x":"}]{[","y":"]]]]"}',
+    "spaces and tabs between tokens": b'{ "x" :\t[ 1 , 2 ] }',
+    "true, false and null": b'{"t":true,"f":false,"n":null,"l":[true,false,null]}',
+    "raw UTF-8": '{"x":"café 漢字 😀","é":"\u2028"}'.encode(),
+    "empty": b"{}",
+    "the key of the text between events": b'{"l":[{"event_type":"x"}]}',
+    "depth 32": nested_text(32),
+    "depth 32 of arrays": b'{"d":' + b"[" * 31 + b"]" * 31 + b"}",
+}
+"""Params that a compact batch copies as they are."""
+
+
+@pytest.mark.parametrize("params", _SPLICED.values(), ids=_SPLICED.keys())
+@pytest.mark.parametrize("where", [0, 5, 11])
+def test_plain_params_are_spliced(params: bytes, where: int) -> None:
+    body = compact(*map(compact_event, range(where)),
+                   b'{"event_type":"view","ts":5,"params":' + params + b"}")
+    assert spliced(body)
+    batch = rawbatch.decode(body, RA, LIMITS)
+    assert batch is not None and bytes(batch.params[where]) == params
+
+
+
+_NOT_OBJECTS = [b"[]", b"[{}]", b'"{}"', b'"x"', b"1", b"-1", b"true", b"false", b"null",
+                b'"{\\"a\\":1}"']
+
+
+@pytest.mark.parametrize("params", _NOT_OBJECTS)
+@pytest.mark.parametrize("where", [0, 5, 11])
+def test_a_compact_batch_with_a_params_that_is_not_an_object_is_declined(
+        params: bytes, where: int) -> None:
+    texts = list(map(compact_event, range(12)))
+    texts[where] = b'{"event_type":"view","ts":5,"params":' + params + b"}"
+    assert declines(b"[" + b",".join(texts) + b"]")
+
+
+@pytest.mark.parametrize("where", [0, 5, 11])
+@pytest.mark.parametrize("max_depth", [4, 32])
+def test_depth_is_checked_for_each_params_of_a_compact_batch(where: int, max_depth: int) -> None:
+    limits = EventLimits(max_depth=max_depth)
+    texts = [b'{"event_type":"view","ts":5,"params":{"l":[1,{"m":[2]}]}}'] * 12
+    texts[where] = b'{"event_type":"view","ts":5,"params":' + nested_text(max_depth) + b"}"
+    assert spliced(b"[" + b",".join(texts) + b"]", limits)
+    texts[where] = b'{"event_type":"view","ts":5,"params":' + nested_text(max_depth + 1) + b"}"
+    assert declines(b"[" + b",".join(texts) + b"]", limits)
+
+
+_compact_scalar = st.one_of(
+    st.integers(-(2**64), 2**64).map(lambda n: b"%d" % n), _NUMBER_TEXTS,
+    st.floats(allow_nan=False, allow_infinity=False).map(orjson.dumps),
+    st.sampled_from([b"true", b"false", b"null", b'"x"', b'"[{"', b'"1e400"', b'"}},{"',
+                     b'"\xc3\xa9"', b'"' + b"1" * 20 + b'"', b'" 1e+309"']),
+)
+
+
+@st.composite
+def _compact_params(draw: st.DrawFn) -> bytes:
+    """A params text without whitespace, line breaks or escapes, often deep, with the numbers
+    and strings the checks look for."""
+    value = draw(st.recursive(
+        _compact_scalar,
+        lambda inner: st.lists(inner, max_size=3).map(lambda items: b"[" + b",".join(items) +
+                                                       b"]") |
+        st.lists(st.tuples(st.sampled_from([b'"a"', b'"event_type"', b'"params"', b'"1e5"']),
+                           inner), max_size=3).map(
+            lambda pairs: b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}"),
+        max_leaves=8))
+    depth = draw(st.sampled_from([0, 0, 0, 29, 30, 31, 32]))
+    for level in range(depth):
+        value = b'{"k":' + value + b"}" if level % 2 else b"[" + value + b"]"
+    return b'{"p":' + value + b"}" if draw(st.booleans()) else draw(
+        st.sampled_from([value, b"{}", b'{"a":1}']))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool=st.lists(st.tuples(st.sampled_from(["view", "click", "é", "a b"]),
+                               st.one_of(st.integers(0, int(RA)), st.floats(0, RA)),
+                               _compact_params()), min_size=1, max_size=4),
+       picks=st.lists(st.integers(0, 3), min_size=8, max_size=24), limits=_LIMITS)
+def test_compact_batches_agree_with_the_slow_path(
+        pool: list[tuple[str, Any, bytes]], picks: list[int], limits: EventLimits) -> None:
+    texts = [b'{"event_type":%b,"ts":%b,"params":%b}' % (orjson.dumps(t), orjson.dumps(ts), p)
+             for t, ts, p in pool]
+    body = b"[" + b",".join(texts[i % len(texts)] for i in picks) + b"]"
+    hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
