@@ -756,6 +756,7 @@ def test_deep_params_to_reserialize_are_declined_not_raised(
     [0],
     [999, 1000],
     list(range(990, 1010)),
+    list(range(1990, 2010)),
     list(range(0, 1000, 7)),
     list(range(BASE_ID, BASE_ID + 2500)),
     [*range(BASE_ID, BASE_ID + 20), *range(BASE_ID + (1 << 22), BASE_ID + (1 << 22) + 20)],
@@ -763,7 +764,8 @@ def test_deep_params_to_reserialize_are_declined_not_raised(
     [5, 3, 1000, 2],
     [2**63 - 2, 2**63 - 1],
     [BASE_ID, BASE_ID],
-], ids=["one", "zero", "999-1000", "below and past 1000", "sparse small", "2500 crossing",
+], ids=["one", "zero", "999-1000", "below and past 1000", "past 2000", "sparse small",
+        "2500 crossing",
         "two milliseconds", "unsorted", "unsorted small", "largest", "repeated"])
 def test_ids_json_is_the_array_of_decimal_strings(ids: list[int]) -> None:
     assert ids_json(ids) == orjson.dumps([str(i) for i in ids])
