@@ -41,7 +41,7 @@ both on generated bodies):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_
 from typing import Annotated, Any, NamedTuple
@@ -199,7 +199,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         return None
     ra = round_ms(received_at)
     upper = _upper_ts(ra, limits)
-    stamps = [event.ts for event in events]
+    stamps: list[Any] = [event.ts for event in events]
     params: list[msgspec.Raw | bytes] = [event.params for event in events]
     try:
         high = max(stamps)  # (JSON has no NaN: it is exact; msgspec refused any below 0)
@@ -475,7 +475,7 @@ def _suspect(data: msgspec.Raw | bytes) -> bool:
     return classes.find(_DIGIT_EXPONENT) >= 0 or _long_number(classes)
 
 
-def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:
+def encode(batch: RawBatch, ids: Sequence[int], received_at: float) -> bytes:
     """The segment lines of `batch`, the same JSON values as `schema.encode_batch` writes.
 
     One `join` of six pieces per event, laid out with slice assignments (no Python code per
@@ -505,7 +505,7 @@ def encode(batch: RawBatch, ids: list[int], received_at: float) -> bytes:
     return b"".join(parts)  # (a Raw has the buffer protocol)
 
 
-def _spliced(batch: RawBatch, ids: list[int], received_at: bytes) -> bytes:
+def _spliced(batch: RawBatch, ids: Sequence[int], received_at: bytes) -> bytes:
     """The lines of a batch with `spans`: four pieces per event and no formatting per event.
 
         }\\n{"id":"<head> | <3 digits>", | "received_at":...,"event_type":" | <span>

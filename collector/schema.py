@@ -41,6 +41,7 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import eq, itemgetter, lt
@@ -717,7 +718,7 @@ def encode_line(event: dict[str, Any], snowflake: int, received_at: float) -> by
 
 
 def encode_batch(
-    events: list[dict[str, Any]], ids: list[int], received_at: float,
+    events: list[dict[str, Any]], ids: Sequence[int], received_at: float,
     texts: list[bytes] | None = None,
 ) -> bytes:
     """The lines of `encode_line` for every event, joined into one bytes object.
@@ -809,7 +810,7 @@ _ID_TAILS = tuple(b'%03d",' % low for low in range(_RUN))
 """The last three digits of an id, and what follows the id in a line."""
 
 
-def _id_pieces(ids: list[int], opening: bytes = b'{"id":"') -> tuple[list[bytes], list[bytes]]:
+def _id_pieces(ids: Sequence[int], opening: bytes = b'{"id":"') -> tuple[list[bytes], list[bytes]]:
     """Each id's line opening split in two: `b'{"id":"<all but 3 digits>'`, `b'<3 digits>",'`.
 
     Converting a 64-bit int to decimal costs CPython about as much as serializing a small
@@ -821,10 +822,9 @@ def _id_pieces(ids: list[int], opening: bytes = b'{"id":"') -> tuple[list[bytes]
     `ids` must not be empty. `opening` replaces `{"id":"` (see `ids_json`).
     """
     count = len(ids)
-    first = ids[0]
-    if ids == list(range(first, first + count)) and first >= 0:
-        pass  # (the common batch: one run or two; comparing them is cheaper than `lt`)
-    elif first < 0 or not all(map(lt, ids, islice(ids, 1, None))):
+    if type(ids) is range and ids.step == 1 and ids.start >= 0:
+        pass  # (the common batch, from `next_ids`: consecutive, no need to look at each)
+    elif ids[0] < 0 or not all(map(lt, ids, islice(ids, 1, None))):
         return [b'%b%d' % (opening, snowflake) for snowflake in ids], [b'",'] * count
     heads: list[bytes] = []
     tails: list[bytes] = []
@@ -852,7 +852,7 @@ def _id_pieces(ids: list[int], opening: bytes = b'{"id":"') -> tuple[list[bytes]
 _ID_DIGITS = tuple(b"%03d" % low for low in range(_RUN))
 
 
-def ids_json(ids: list[int]) -> bytes:
+def ids_json(ids: Sequence[int]) -> bytes:
     """The JSON array of `ids` as decimal strings (SPEC §2), for the 202: `["1","2"]`.
 
     Built from the same shared pieces as the lines (`_id_pieces`), for the same reason; and
@@ -860,9 +860,9 @@ def ids_json(ids: list[int]) -> bytes:
     """
     if not ids:
         return b"[]"
-    count = len(ids)
-    first = ids[0]
-    if first >= _RUN and ids == list(range(first, first + count)):
+    if type(ids) is range and ids.step == 1 and ids.start >= _RUN:  # (from `next_ids`)
+        count = len(ids)
+        first = ids.start
         runs = []
         i = 0
         while i < count:

@@ -133,12 +133,15 @@ class SnowflakeGenerator:
         self._wall = now
         return (self._ms << TIME_SHIFT) | self._node | self._seq
 
-    def next_ids(self, n: int) -> list[int]:
+    def next_ids(self, n: int) -> range | list[int]:
         """`n` new strictly increasing ids, the same ones `n` calls of `next_id` would give
         under a clock that does not move meanwhile.
 
         The clock is read once for the whole batch, and each millisecond's run of sequence
         numbers is one `range`: the cost per id is a list slot, not a Python-level loop turn.
+        A batch within one millisecond (the common case) is that range itself, which tells
+        its readers (`schema.ids_json`, `schema._id_pieces`) that its ids are consecutive
+        without a look at each.
 
         Raises:
             ValueError: n is negative.
@@ -166,7 +169,7 @@ class SnowflakeGenerator:
             base = (ms << TIME_SHIFT) | node
             self._ms = ms
             self._seq = last
-            return list(range(base + seq, base + last + 1))
+            return range(base + seq, base + last + 1)
         ids: list[int] = []
         while n:
             if seq > MAX_SEQUENCE:

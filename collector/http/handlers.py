@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -256,7 +257,7 @@ class Ingest:
                                                                            strict=True)]
         return self._submit(data, ids, events, pixel)
 
-    def _submit(self, data: bytes, ids: list[int], kept: list[dict[str, Any]] | _Columns | None,
+    def _submit(self, data: bytes, ids: Sequence[int], kept: list[dict[str, Any]] | _Columns | None,
                 pixel: bool) -> Response | Deferred:
         """Hand the lines to the segment writer; the reply resolves once they are written."""
         ctx = self.ctx
@@ -269,7 +270,7 @@ class Ingest:
         return reply
 
     def _stored(self, reply: Deferred, events: list[dict[str, Any]] | _Columns | None,
-                ids: list[int],
+                ids: Sequence[int],
                 nbytes: int, pixel: bool, error: StorageUnavailable | None) -> None:
         """The writer's verdict on one request's lines (called once, from the event loop)."""
         if error is None:
@@ -277,7 +278,7 @@ class Ingest:
         else:
             reply.resolve(self._unavailable(error))
 
-    def _accepted(self, events: list[dict[str, Any]] | _Columns | None, ids: list[int],
+    def _accepted(self, events: list[dict[str, Any]] | _Columns | None, ids: Sequence[int],
                   nbytes: int, pixel: bool) -> Response:
         for proc in self.ctx.processors if events is not None else ():
             try:

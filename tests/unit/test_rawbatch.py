@@ -771,6 +771,21 @@ def test_ids_json_is_the_array_of_decimal_strings(ids: list[int]) -> None:
     assert ids_json(ids) == orjson.dumps([str(i) for i in ids])
 
 
+@pytest.mark.parametrize("ids", [
+    range(BASE_ID, BASE_ID + 1), range(0, 1), range(999, 1001), range(990, 1010),
+    range(1990, 2010), range(BASE_ID, BASE_ID + 2500), range(0, 1000, 7),
+    range(BASE_ID + 20, BASE_ID, -1), range(BASE_ID, BASE_ID + 40, 3),
+], ids=["one", "zero", "999-1000", "below and past 1000", "past 2000", "2500 crossing",
+        "step 7", "decreasing", "step 3"])
+def test_ids_json_and_id_pieces_of_a_range(ids: range) -> None:
+    # (next_ids gives a range when its ids are consecutive: that is taken as said, any other
+    # range is looked at as a list is)
+    assert ids_json(ids) == orjson.dumps([str(i) for i in ids])
+    heads, tails = _id_pieces(ids)
+    assert [h + t for h, t in zip(heads, tails, strict=True)] == [
+        b'{"id":"%d",' % i for i in ids]
+
+
 def test_ids_json_of_no_ids() -> None:
     assert ids_json([]) == b"[]"
 
