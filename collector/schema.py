@@ -818,7 +818,8 @@ def _id_pieces(ids: Sequence[int], opening: bytes = b'{"id":"') -> tuple[list[by
     `SnowflakeGenerator.next_ids`), so a run of ids that differ only in their last three
     digits shares one formatted head, and the digits come from the `_ID_TAILS` table. A run
     is recognised by its first and last ids alone, which is exact only for a strictly
-    increasing list; that is checked first (in C), and anything else is formatted id by id.
+    increasing list; that is checked first (in C; a `range` of step 1, as `next_ids` gives for
+    one millisecond, is taken as it says), and anything else is formatted id by id.
     `ids` must not be empty. `opening` replaces `{"id":"` (see `ids_json`).
     """
     count = len(ids)
