@@ -114,10 +114,13 @@ holding one never gets this far): the params is looked at closer (`_suspect`).""
 _LONG_DIGITS = b"0" * 19
 """A run of digits this long might be an integer outside 64 bits (-9223372036854775809 has
 19), which orjson would read as a float and the slow path refuses (schema.check_integers):
-such params go to the slow path. A number starts after ":", ",", "[", a space or
-"-" (all " " or "{" here); a run right after a quote is a string such as a 19-digit id, left
-alone. (Other digits inside strings may look like a number: a false alarm costs the slow path.)"""
-_NUMBER_RUNS = (b" " + _LONG_DIGITS, b"{" + _LONG_DIGITS)
+such params go to the slow path. A number starts after ":", ",", "[", whitespace or "-"
+(" ", "{" or, for a raw line break, "!" here); a run right after a quote is a string such as a
+19-digit id, left alone. (Other digits inside strings may look like a number: a false alarm
+costs the slow path.)"""
+_NUMBER_RUNS = (b" " + _LONG_DIGITS, b"{" + _LONG_DIGITS, b"!" + _LONG_DIGITS)
+"""(The "!" run was found in review: a raw line break right before an integer past 64 bits
+hid it, and its params, re-serialized for the line break, stored it as a float.)"""
 _DIGIT_EXPONENT = b"0e"
 """A digit then an exponent letter: a number in exponent notation might overflow (`1e400`)."""
 _GROUP = 16
@@ -132,8 +135,8 @@ class RawBatch(NamedTuple):
     """A decoded batch that passed every check: the columns `encode` turns into lines.
 
     `spans`: when the body was laid out compactly (`_compact_pieces`), each event's own text
-    from its event_type's value to the end of its params, which `encode` copies into the line
-    as it is (its ts too: `int_stamps` is then False, and not looked at).
+    from just inside its event_type's opening quote to the end of its params, which `encode`
+    copies into the line as it is (its ts too: `int_stamps` is then False, and not looked at).
     """
 
     types: list[str]
@@ -242,6 +245,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
 _encode_events = msgspec.json.Encoder().encode
 _BETWEEN = b'},{"event_type":"'
 """What lies between two events of a compact batch: the next event_type's text follows."""
+_FIRST = b'[{"event_type":"'
+"""What comes before the first event_type's text of a compact batch."""
 
 
 def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
@@ -266,7 +271,7 @@ def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
     pieces = body.split(_BETWEEN)
     if len(pieces) != len(events):
         return None
-    pieces[0] = pieces[0][16:]  # ([{"event_type":")
+    pieces[0] = pieces[0][len(_FIRST):]
     pieces[-1] = pieces[-1][:-2]  # (}])
     return pieces
 
@@ -279,7 +284,7 @@ _SKELETON = bytes(
 at: digits to "0", exponent letters to "e", opening brackets and quotes as they are, the two
 characters a number can follow (":" and ","; "[" is kept) to a space, the NUL that separates
 params joined together (JSON text never holds one) to a newline."""
-_NOT_SKELETON = bytes(byte for byte in range(256) if not _SKELETON[byte] and byte)
+_NOT_SKELETON = bytes(byte for byte in range(256) if not _SKELETON[byte])
 """And what it drops: all else (letters, signs, closing brackets, whitespace, points,
 non-ASCII...). Dropping bytes can join two runs of digits, or bring a digit next to an "e"
 (false alarms, as digits in strings are), but it never parts what was together, nor takes
@@ -293,15 +298,16 @@ _SKELETON_NUMBER_RUNS = (b" " + _LONG_DIGITS, b"[" + _LONG_DIGITS)
 """`_NUMBER_RUNS` in the skeleton: a run of 19 digits after what a number can follow."""
 _BIG_EXPONENT = b"0e000"
 """An exponent of three digits or more (its sign dropped): a number orjson may find past a
-double's range. With fewer, the largest is below 1e18 * 1e99, since 19 digits before the
-point are `_LONG_DIGITS`. Other exponents are copied as they were sent; orjson reads the same
-value from them as from the way it would write it."""
+double's range. With fewer, the largest is below 1e18 * 1e99, since 19 digits (before and
+after the point, which is dropped) are `_LONG_DIGITS`. Other exponents are copied as they
+were sent; orjson reads the same value from them as from the way it would write it."""
 
 
 def _plain_params(params: list[msgspec.Raw | bytes], max_depth: int) -> bool | None:
-    """Whether the params may be copied into the lines as they were sent: True; None if one
-    is not an object, or nested deeper than `max_depth`; False if a number in them must be
-    looked at closer (`_checked_params` does).
+    """Whether the params may be copied into the lines as they were sent: True; None (decline
+    the batch) if one is not an object, or holds more opening brackets than `max_depth` (which
+    bound its depth); False if a number in them must be looked at closer (`_checked_params`
+    does, so the caller goes the general way).
 
     All the params at once, in their skeleton (`_SKELETON`): one join, two translates and a few
     scans in C. (Raw line breaks and backslashes were looked for in the whole body.)
@@ -465,8 +471,8 @@ def _looks_suspect(classes: bytes) -> bool:
 
 def _long_number(classes: bytes) -> bool:
     """Whether params mapped to `_CLASSES` may hold a number of 19 digits or more."""
-    return classes.find(_LONG_DIGITS) >= 0 and (
-        classes.find(_NUMBER_RUNS[0]) >= 0 or classes.find(_NUMBER_RUNS[1]) >= 0)
+    return classes.find(_LONG_DIGITS) >= 0 and any(
+        classes.find(run) >= 0 for run in _NUMBER_RUNS)
 
 
 def _suspect(data: msgspec.Raw | bytes) -> bool:

@@ -210,7 +210,7 @@ def test_next_ids_equals_n_calls_of_next_id_under_a_frozen_clock(n: int, already
     batch = batch_gen.next_ids(n)
     assert list(batch) == [single_gen.next_id() for _ in range(n)]
     # Within one millisecond the ids are consecutive, and given as a range that says so.
-    assert type(batch) is (range if 0 < n and already + n <= 4096 else list)
+    assert type(batch) is (range if n > 0 and already + n <= 4096 else list)
     # And both generators carry on from the same state.
     assert batch_gen.next_id() == single_gen.next_id()
 
