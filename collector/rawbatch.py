@@ -266,7 +266,8 @@ def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
     event_type, so splitting the body between events must give one piece per event, unless a
     params holds that text too (the caller then takes the general path).
     """
-    if body.find(b"\n") >= 0 or body.find(b"\r") >= 0 or _encode_events(events) != body:
+    if not body.startswith(_FIRST) or body.find(b"\n") >= 0 or body.find(b"\r") >= 0 or \
+            _encode_events(events) != body:
         return None  # (a raw line break would split a line: it can only be in a params)
     pieces = body.split(_BETWEEN)
     if len(pieces) != len(events):
