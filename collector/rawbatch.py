@@ -250,8 +250,8 @@ _FIRST = b'[{"event_type":"'
 
 
 def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
-    """Each event's text from its event_type's value to the end of its params, if `body` is
-    laid out compactly; else None.
+    """Each event's text from just inside its event_type's opening quote to the end of its
+    params, if `body` is laid out compactly; else None.
 
     Compactly means as JSON encoders write a list of events by default:
     `[{"event_type":"T","ts":N,"params":{...}},...]` with no whitespace between tokens, the
