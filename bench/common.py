@@ -8,10 +8,12 @@ captured wrk output without running anything.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -112,6 +114,24 @@ def cpu_model(cpuinfo: str | None = None) -> str:
         if key.strip() == "model name":
             return value.strip()
     return "unknown"
+
+
+def interpreter(maps: str | None = None) -> str:
+    """The Python every server of the run uses (this one), and whether libpython is a shared
+    library, read from /proc/self/maps.
+
+    The build moves every Python row together, the yardstick rows with them: on one machine,
+    Debian's python3.11 (built with PGO and LTO, libpython linked into the binary) ran them
+    faster than a pyenv build with its defaults (no `--enable-optimizations`, a shared
+    libpython; bench/README.md, session 10). Ratios barely move; absolute targets do.
+    """
+    try:
+        text = Path("/proc/self/maps").read_text() if maps is None else maps
+    except OSError:
+        linked = "libpython unknown"
+    else:
+        linked = "libpython shared" if "/libpython" in text else "libpython linked in"
+    return f"{platform.python_version()} {sys.executable} ({linked})"
 
 
 def filesystem_of(path: Path, mounts: str | None = None) -> str:
