@@ -38,13 +38,14 @@ both on generated bodies):
   so a params' brackets bound its depth; they are counted per group of params, and per params
   only when the group's count leaves room for doubt.
 
-A batch laid out as encoders write one by default (`[{"event_type":..,"ts":..,"params":{..}},
-...]`, compact, fields in that order) goes a shorter way, which is what makes batches cheap:
-`_compact_pieces` proves the layout (msgspec writes the decoded events back, byte for byte the
-body) and cuts the body into each event's own text, which `encode` copies into the lines
-behind the id and received_at, ts included, nothing formatted per event; `_plain_params`
-checks all the params at once in their skeleton. Whatever it is unsure of goes the general
-way above.
+Most batches then go a shorter way, which is what makes them cheap: msgspec writes the
+decoded events back (a ts left out given the receive time, as the slow path gives it), in one
+layout whatever the body's (compact, fields in one order), and `_event_texts` cuts that text
+into each event's own text, which `encode` copies into the lines behind the id and
+received_at, ts included, nothing formatted per event; `_plain_params` checks all the params
+at once in their skeleton. (A body laid out as msgspec writes, as most encoders do by default,
+is that very text, and so cannot hide a field given twice.) Whatever it is unsure of goes the
+general way above.
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ one per params) holds for params with a few containers each, large enough to amo
 class RawBatch(NamedTuple):
     """A decoded batch that passed every check: the columns `encode` turns into lines.
 
-    `spans`: when the body was laid out compactly (`_compact_pieces`), each event's own text
-    from just inside its event_type's opening quote to the end of its params, which `encode`
-    copies into the line as it is (its ts too: `int_stamps` is then False, and not looked at).
+    `spans`: when the events' text could be cut between events (`_event_texts`), each event's
+    own text from just inside its event_type's opening quote to the end of its params, which
+    `encode` copies into the line as it is (its ts too: `int_stamps` is then False, and not
+    looked at).
     """
 
     types: list[str]
@@ -204,7 +206,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     if not all(map(_plain_type, set(types))):
         return None
     if body.find(b"\\") >= 0:
-        return None  # (see _hides_values; _compact_pieces relies on it too)
+        return None  # (see _hides_values)
     if not body.isascii() and not _utf8(body):
         return None
     ra = round_ms(received_at)
@@ -221,18 +223,23 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         every_ts_sent = False
     if high > upper:
         return None
-    if every_ts_sent:
-        pieces = _compact_pieces(body, events)
-        if pieces is not None:
-            verdict = _plain_params(params, limits.max_depth)
-            if verdict:
-                return RawBatch(types, stamps, params, False, pieces)
-            if verdict is None:
-                return None
-            # (False: a number to look at closer, which the general checks below do)
+    if not every_ts_sent:
+        for event in events:  # (written back below: the lines carry the slow path's ts)
+            if event.ts is None:
+                event.ts = ra
+    text = _encode_events(events)
+    if text != body and _hides_values(
+            body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
+        return None  # (when msgspec wrote back the very body, no field was given twice)
+    pieces = _event_texts(text, count)
+    if pieces is not None:
+        verdict = _plain_params(params, limits.max_depth)
+        if verdict:
+            return RawBatch(types, stamps, params, False, pieces)
+        if verdict is None:
+            return None
+        # (False: a number to look at closer, which the general checks below do)
     int_stamps = set(map(type, stamps)) == _ONLY_INT
-    if _hides_values(body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
-        return None
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
         return None
@@ -241,33 +248,28 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
 
 _encode_events = msgspec.json.Encoder().encode
 _BETWEEN = b'},{"event_type":"'
-"""What lies between two events of a compact batch: the next event_type's text follows."""
+"""What lies between two events as msgspec writes them: the next event_type's text follows."""
 _FIRST = b'[{"event_type":"'
-"""What comes before the first event_type's text of a compact batch."""
+"""What comes before the first event_type's text as msgspec writes the events."""
 
 
-def _compact_pieces(body: bytes, events: list[_Event]) -> list[bytes] | None:
-    """Each event's text from just inside its event_type's opening quote to the end of its
-    params, if `body` is laid out compactly; else None.
+def _event_texts(text: bytes, count: int) -> list[bytes] | None:
+    """Each event's text in `text`, msgspec's writing of the `count` decoded events, from just
+    inside its event_type's opening quote to the end of its params; None if that text holds a
+    raw line break or a params holds the text between events.
 
-    Compactly means as JSON encoders write a list of events by default:
-    `[{"event_type":"T","ts":N,"params":{...}},...]` with no whitespace between tokens, the
-    three fields in this order, each once. Then the segment line is that text behind an id and
-    received_at (`encode`): each event is copied, not written anew, and its fields need no
-    formatting.
-
-    The layout is proven, not assumed: msgspec writes the decoded events back, and the body
-    must be those very bytes. That leaves no room for whitespace, a field given twice or left
-    out, a null ts, or a ts spelled other than as its value's shortest form (the params are
-    written back as they were sent: they are Raw). Every event then starts with its
-    event_type, so splitting the body between events must give one piece per event, unless a
-    params holds that text too (the caller then takes the general path).
+    msgspec writes the events compactly, `[{"event_type":"T","ts":N,"params":{...}},...]`: the
+    fields in this order, each once, no whitespace between them, the ts in its shortest form;
+    the params as they were sent (they are Raw). So whatever the body's layout, splitting this
+    text between events gives each event's text, which becomes the rest of its segment line
+    behind an id and received_at (`encode`): each event is copied, not written anew, and its
+    fields need no formatting. Only a params can hold a raw line break (between its tokens),
+    which would split the line, or the text between events; those batches go the general way.
     """
-    if not body.startswith(_FIRST) or body.find(b"\n") >= 0 or body.find(b"\r") >= 0 or \
-            _encode_events(events) != body:
-        return None  # (a raw line break would split a line: it can only be in a params)
-    pieces = body.split(_BETWEEN)
-    if len(pieces) != len(events):
+    if text.find(b"\n") >= 0 or text.find(b"\r") >= 0:
+        return None
+    pieces = text.split(_BETWEEN)
+    if len(pieces) != count:
         return None
     pieces[0] = pieces[0][len(_FIRST):]
     pieces[-1] = pieces[-1][:-2]  # (}])
