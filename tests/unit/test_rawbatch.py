@@ -1065,7 +1065,7 @@ def test_compact_batches_agree_with_the_slow_path(
     hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
 
 
-_ts_text = st.one_of(
+_ts_given = st.one_of(
     st.none(), st.just(b"null"), st.integers(0, int(RA)).map(lambda n: b"%d" % n),
     st.floats(0, RA).map(orjson.dumps), st.sampled_from([b"1.50", b"17E8", b"-0", b"-0.0"]))
 
@@ -1075,7 +1075,7 @@ def _laid_out_event(draw: st.DrawFn) -> bytes:
     """An event as some client may write it: any field order, ts or params left out or ts null,
     spaces or line breaks between tokens, a field now and then given twice."""
     fields = [(b'"event_type"', orjson.dumps(draw(st.sampled_from(["view", "é", "a b"]))))]
-    ts = draw(_ts_text)
+    ts = draw(_ts_given)
     if ts is not None:
         fields.append((b'"ts"', ts))
     if draw(st.integers(0, 4)):
