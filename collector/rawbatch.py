@@ -18,8 +18,9 @@ and write lines that mean what the slow path's lines mean (tests/unit/test_rawba
 both on generated bodies):
 
 * Shape: events whose only fields are `event_type` (a string), `ts` (a number or null) and
-  `params` (an object); `forbid_unknown_fields` sends `event_id`, `sent_at`, unknown fields,
-  strings for numbers and booleans to the slow path.
+  `params` (an object), or these and an `event_id` in every event of a batch (`_Keyed`);
+  `forbid_unknown_fields` sends `sent_at`, unknown fields, strings for numbers and booleans
+  to the slow path.
 * The rules of `schema._validate_columns` on the decoded values (event_type needs no stripping
   and is printable and 1-256 characters; ts within [0, receive time + skew]).
 * What msgspec only skims, orjson (the slow path and the loader) parses in full, and it is
@@ -60,6 +61,7 @@ import orjson
 
 from collector.schema import (
     _ONLY_INT,
+    MAX_EVENT_ID_CHARS,
     MAX_EVENT_TYPE_CHARS,
     MS_THRESHOLD,
     EventLimits,
@@ -91,8 +93,21 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     params: msgspec.Raw = _NO_PARAMS
 
 
+class _Keyed(_Event, forbid_unknown_fields=True, gc=False, kw_only=True):
+    """An event with its `event_id` (SPEC §2: a client's key for retrying safely), which its
+    line keeps after the other fields; the slow path's rules (1-64 characters, no control
+    character) are checked by msgspec and `_plain_ids`. Clients that send one send it with
+    every event, so a batch is decoded as all `_Keyed` or all `_Event`; a mix, a null
+    event_id or `sent_at` (whose clock-skew correction rewrites ts) go the slow path."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHARS)]
+
+
 _decode_events = msgspec.json.Decoder(list[_Event]).decode
 _decode_event = msgspec.json.Decoder(_Event).decode
+_decode_keyed_events = msgspec.json.Decoder(list[_Keyed]).decode
+_decode_keyed_event = msgspec.json.Decoder(_Keyed).decode
+_EVENT_ID = b'"event_id"'
 dumps = orjson.dumps
 _INT_TS = b'%d,"params":'
 """A ts written as an int, and what follows it in the line."""
@@ -195,15 +210,24 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     """
     if body[:1] != b"[":
         return None
+    keyed = False
     try:
-        events = _decode_events(body)
+        events: list[_Event] | list[_Keyed] = _decode_events(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
-        return None
+        if body.find(_EVENT_ID) < 0:
+            return None
+        try:
+            events = _decode_keyed_events(body)
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        keyed = True
     count = len(events)
     if count < MIN_EVENTS or count > limits.max_events:
         return None
     types = [event.event_type for event in events]  # (cheaper than map and attrgetter)
     if not all(map(_plain_type, set(types))):
+        return None
+    if keyed and not _plain_ids(events):  # type: ignore[arg-type]
         return None
     if body.find(b"\\") >= 0:
         return None  # (see _hides_values)
@@ -239,6 +263,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         if verdict is None:
             return None
         # (False: a number to look at closer, which the general checks below do)
+    if keyed:
+        return None  # (the general way below writes no event_id: the slow path does)
     int_stamps = set(map(type, stamps)) == _ONLY_INT
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
@@ -336,10 +362,19 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     helpers on the common path, the id minted by `next_id` only once the event passed).
     None, as for `decode`, only means "use the slow path".
     """
+    key = b""
     try:
         event = _decode_event(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
-        return None
+        if body.find(_EVENT_ID) < 0:
+            return None
+        try:
+            keyed = _decode_keyed_event(body)
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        if not keyed.event_id.isprintable():  # (_plain_ids)
+            return None
+        event, key = keyed, b',"event_id":%b' % dumps(keyed.event_id)
     event_type = event.event_type
     # (_plain_type, inlined)
     if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or \
@@ -374,8 +409,8 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         return None  # not an object, or maybe too deep (see _checked_params)
     snowflake = next_id()
     return _new_one(One, (
-        b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b}\n' % (
-            snowflake, dumps(event_type), ts_json, params, dumps(ra)),
+        b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b%b}\n' % (
+            snowflake, dumps(event_type), ts_json, params, dumps(ra), key),
         snowflake, event_type, ra if ts is None else ts, params))
 
 
@@ -385,6 +420,13 @@ def _plain_type(event_type: str) -> bool:
     strip. (A batch asks once per distinct event_type.)"""
     return bool(event_type) and len(event_type) <= MAX_EVENT_TYPE_CHARS and \
         event_type.isprintable() and event_type.strip() == event_type
+
+
+def _plain_ids(events: list[_Keyed]) -> bool:
+    """Whether every event_id is one the slow path keeps as it is: printable (stricter than
+    its control-character rule; whatever this refuses, the slow path judges). Their lengths
+    msgspec checked. (One string of them all: one scan in C.)"""
+    return "".join([event.event_id for event in events]).isprintable()
 
 
 def _utf8(body: bytes) -> bool:

@@ -941,6 +941,61 @@ def test_a_ts_left_out_is_the_receive_time_in_the_lines() -> None:
     assert [line["received_at"] for line in stored] == [RA] * 12
 
 
+def keyed(count: int = 12, **fields: bytes) -> bytes:
+    """A compact batch whose every event has an event_id, the fields of `fields` added to the
+    event at index 5."""
+    texts = [b'{"event_type":"view","ts":%d,"params":{"i":%d},"event_id":"id-%d"}' % (
+        1_456_606_932 + i, i, i) for i in range(count)]
+    if fields:
+        extra = b"".join(b',"%b":%b' % (k.encode(), v) for k, v in fields.items())
+        texts[5] = texts[5][:-1] + extra + b"}"
+    return b"[" + b",".join(texts) + b"]"
+
+
+def test_a_batch_whose_events_all_have_an_event_id_is_spliced_with_them() -> None:
+    body = keyed()
+    assert spliced(body)
+    batch = rawbatch.decode(body, RA, LIMITS)
+    assert batch is not None
+    lines = rawbatch.encode(batch, range(BASE_ID, BASE_ID + 12), RA).splitlines()
+    assert [orjson.loads(line)["event_id"] for line in lines] == [f"id-{i}" for i in range(12)]
+    assert spliced(json.dumps([{"event_id": str(i), "event_type": "view"}
+                               for i in range(12)]).encode())
+
+
+def test_one_event_with_an_event_id_takes_the_fast_path_with_it() -> None:
+    body = b'{"event_id":"3f2c0a9e","event_type":"view","params":{"a":1}}'
+    assert agrees(body)
+    one = rawbatch.encode_one(body, RA, LIMITS, lambda: BASE_ID)
+    assert one is not None and orjson.loads(one.line)["event_id"] == "3f2c0a9e"
+
+
+_NOT_KEYED = {
+    "one event without": keyed().replace(b',"event_id":"id-3"', b"", 1),
+    "a null event_id": keyed().replace(b'"id-3"', b"null", 1),
+    "a number": keyed().replace(b'"id-3"', b"3", 1),
+    "an empty one": keyed().replace(b'"id-3"', b'""', 1),
+    "65 characters": keyed().replace(b'"id-3"', b'"' + b"x" * 65 + b'"', 1),
+    "a DEL": keyed().replace(b'"id-3"', b'"a\x7f"', 1),
+    "a zero-width joiner (not printable, but no control character)": keyed().replace(
+        b'"id-3"', '"a\u200db"'.encode(), 1),
+    "sent_at": keyed(sent_at=b"1456606932"),
+    "an unknown field": keyed(other=b"1"),
+    "a params to look at closer": keyed().replace(b'{"i":3}', b'{"i":1e300}', 1),
+}
+"""Batches with event_ids that the fast path leaves to the slow path (valid or not)."""
+
+
+@pytest.mark.parametrize("body", _NOT_KEYED.values(), ids=_NOT_KEYED.keys())
+def test_what_event_ids_the_fast_path_leaves_alone(body: bytes) -> None:
+    assert not spliced(body)
+    assert rawbatch.decode(body, RA, LIMITS) is None  # (nor the general way: it has no event_id)
+    single = body[1:-1].split(b"},{")[3]
+    single = (single if single.startswith(b"{") else b"{" + single)
+    single = single if single.endswith(b"}") else single + b"}"
+    agrees(single)
+
+
 _NOT_SPLICED = {
     "params given twice": compact(b'{"event_type":"view","ts":5,"params":{},"params":{}}'),
     "params given twice, spaced": compact(
@@ -1071,10 +1126,13 @@ _ts_given = st.one_of(
 
 
 @st.composite
-def _laid_out_event(draw: st.DrawFn) -> bytes:
+def _laid_out_event(draw: st.DrawFn, keyed: bool = False) -> bytes:
     """An event as some client may write it: any field order, ts or params left out or ts null,
-    spaces or line breaks between tokens, a field now and then given twice."""
+    spaces or line breaks between tokens, a field now and then given twice; `keyed`, with an
+    event_id."""
     fields = [(b'"event_type"', orjson.dumps(draw(st.sampled_from(["view", "é", "a b"]))))]
+    if keyed:
+        fields.append((b'"event_id"', orjson.dumps(draw(_EVENT_IDS))))
     ts = draw(_ts_given)
     if ts is not None:
         fields.append((b'"ts"', ts))
@@ -1088,14 +1146,22 @@ def _laid_out_event(draw: st.DrawFn) -> bytes:
     return b"{" + comma.join(key + colon + value for key, value in fields) + b"}"
 
 
+_EVENT_IDS = st.one_of(
+    st.uuids().map(str), st.text(min_size=1, max_size=3),
+    st.sampled_from(["", " ", "x" * 64, "x" * 65, "é" * 64, "a\u200db", "a\x7f", "1e400"]))
+"""event_ids, valid and not (empty, too long, format or control characters)."""
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pool=st.lists(_laid_out_event(), min_size=1, max_size=4),
+@given(pool=st.booleans().flatmap(
+           lambda keyed: st.lists(_laid_out_event(keyed), min_size=1, max_size=4)),
        picks=st.lists(st.integers(0, 3), min_size=8, max_size=24),
        between=st.sampled_from([b",", b", ", b",\n  "]), limits=_LIMITS)
 def test_batches_laid_out_otherwise_agree_with_the_slow_path(
         pool: list[bytes], picks: list[int], between: bytes, limits: EventLimits) -> None:
     body = b"[" + between.join(pool[i % len(pool)] for i in picks) + b"]"
-    hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
+    taken = "spliced" if spliced(body, limits) else "not spliced"
+    hypothesis.event(f"with event_ids, {taken}" if b'"event_id"' in body else taken)
 
 
 @_SHAPES
