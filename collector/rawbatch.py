@@ -498,8 +498,9 @@ def _hides_values(body: bytes, params_sent: int) -> bool:
     `"params": 1e400, "params": {}`. Every params key is found by its text unless it is
     spelled with an escape, so a body with a backslash anywhere goes to the slow path; then a
     `"params"` more than the params decoded is a repeated key (or the word quoted inside a
-    params: a harmless false alarm). Repeated `event_type` and `ts` values are decoded and
-    checked by msgspec itself (a string; a number within `_Int64` or a finite float).
+    params: a harmless false alarm). Repeated `event_type`, `ts` and `event_id` values are
+    decoded and checked by msgspec itself (a string; a number within `_Int64` or a finite
+    float; a string of 1-64 characters).
     """
     return body.find(b"\\") >= 0 or body.count(b'"params"') != params_sent
 
