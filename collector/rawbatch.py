@@ -18,9 +18,9 @@ and write lines that mean what the slow path's lines mean (tests/unit/test_rawba
 both on generated bodies):
 
 * Shape: events whose only fields are `event_type` (a string), `ts` (a number or null) and
-  `params` (an object), or these and an `event_id` in every event of a batch (`_Keyed`);
-  `forbid_unknown_fields` sends `sent_at`, unknown fields, strings for numbers and booleans
-  to the slow path.
+  `params` (an object), or these and an `event_id` (`_Keyed`: a single event, or every event
+  of a batch); `forbid_unknown_fields` sends `sent_at` and unknown fields to the slow path,
+  and the fields' types strings for numbers, booleans and a null event_id.
 * The rules of `schema._validate_columns` on the decoded values (event_type needs no stripping
   and is printable and 1-256 characters; ts within [0, receive time + skew]).
 * What msgspec only skims, orjson (the slow path and the loader) parses in full, and it is
@@ -31,10 +31,12 @@ both on generated bodies):
   outside 64 bits as a float, which the slow path refuses (schema.check_integers): a params
   with a number of 19 digits or more goes to the slow path (`_LONG_DIGITS`).
   A raw line break between the tokens of a params would split the NDJSON line: such a
-  params is re-serialized as well.
+  params is re-serialized as well (a batch with event_ids goes to the slow path instead).
 * A field given twice: msgspec keeps the last value, as orjson does, but only skims an
   earlier params, so a body with more `"params"` keys than params goes to the slow path
-  (`_hides_values`); an earlier ts is decoded, and msgspec refuses one too large (`_Int64`).
+  (`_hides_values`; needless when the body is msgspec's own writing of the events, which
+  names each field once); an earlier ts, event_type or event_id is decoded and checked, and
+  msgspec refuses a ts too large (`_Int64`).
 * Depth: params may nest at most `max_depth` deep. Each container opens with one `{` or `[`,
   so a params' brackets bound its depth; they are counted per group of params, and per params
   only when the group's count leaves room for doubt.
@@ -150,9 +152,9 @@ class RawBatch(NamedTuple):
     """A decoded batch that passed every check: the columns `encode` turns into lines.
 
     `spans`: when the events' text could be cut between events (`_event_texts`), each event's
-    own text from just inside its event_type's opening quote to the end of its params, which
-    `encode` copies into the line as it is (its ts too: `int_stamps` is then False, and not
-    looked at).
+    own text from just inside its event_type's opening quote to its end (its params, and its
+    event_id if it has one), which `encode` copies into the line as it is (its ts too:
+    `int_stamps` is then False, and not looked at).
     """
 
     types: list[str]
@@ -281,16 +283,18 @@ _FIRST = b'[{"event_type":"'
 
 def _event_texts(text: bytes, count: int) -> list[bytes] | None:
     """Each event's text in `text`, msgspec's writing of the `count` decoded events, from just
-    inside its event_type's opening quote to the end of its params; None if that text holds a
-    raw line break or a params holds the text between events.
+    inside its event_type's opening quote to the event's end, closing brace excluded; None if
+    that text holds a raw line break or a params holds the text between events.
 
-    msgspec writes the events compactly, `[{"event_type":"T","ts":N,"params":{...}},...]`: the
-    fields in this order, each once, no whitespace between them, the ts in its shortest form;
-    the params as they were sent (they are Raw). So whatever the body's layout, splitting this
-    text between events gives each event's text, which becomes the rest of its segment line
-    behind an id and received_at (`encode`): each event is copied, not written anew, and its
-    fields need no formatting. Only a params can hold a raw line break (between its tokens),
-    which would split the line, or the text between events; those batches go the general way.
+    msgspec writes the events compactly, `[{"event_type":"T","ts":N,"params":{...}},...]` (and
+    `,"event_id":"K"` last for `_Keyed` events): the fields in this order, each once, no
+    whitespace between them, the ts in its shortest form; the params as they were sent (they
+    are Raw). So whatever the body's layout, splitting this text between events gives each
+    event's text, which becomes the rest of its segment line behind an id and received_at
+    (`encode`): each event is copied, not written anew, and its fields need no formatting.
+    Only a params can hold a raw line break (between its tokens), which would split the line,
+    or the text between events; `decode` then takes the general way (or, for events with an
+    event_id, which that way does not write, leaves the batch to the slow path).
     """
     if text.find(b"\n") >= 0 or text.find(b"\r") >= 0:
         return None
@@ -336,7 +340,8 @@ def _plain_params(params: list[msgspec.Raw | bytes], max_depth: int) -> bool | N
     does, so the caller goes the general way).
 
     All the params at once, in their skeleton (`_SKELETON`): one join, two translates and a few
-    scans in C. (Raw line breaks and backslashes were looked for in the whole body.)
+    scans in C. (Backslashes were looked for in the whole body, raw line breaks in msgspec's
+    writing of the events: `_event_texts`.)
     """
     skeleton = _SEPARATOR.join(params).translate(_SKELETON, _NOT_SKELETON)
     # Every params is an object: the JSON values that open with "{" (here a string opens with
@@ -500,7 +505,8 @@ def _hides_values(body: bytes, params_sent: int) -> bool:
     `"params"` more than the params decoded is a repeated key (or the word quoted inside a
     params: a harmless false alarm). Repeated `event_type`, `ts` and `event_id` values are
     decoded and checked by msgspec itself (a string; a number within `_Int64` or a finite
-    float; a string of 1-64 characters).
+    float; a string of 1-64 characters). `decode` asks only when the body is not msgspec's own
+    writing of the events, which names each field once.
     """
     return body.find(b"\\") >= 0 or body.count(b'"params"') != params_sent
 
@@ -535,8 +541,9 @@ def _suspect(data: msgspec.Raw | bytes) -> bool:
 def encode(batch: RawBatch, ids: Sequence[int], received_at: float) -> bytes:
     """The segment lines of `batch`, the same JSON values as `schema.encode_batch` writes.
 
-    One `join` of six pieces per event, laid out with slice assignments (no Python code per
-    event for the common all-int ts):
+    With `spans`, the events' own text behind each id and received_at (`_spliced`). Else one
+    `join` of six pieces per event, laid out with slice assignments (no Python code per event
+    for the common all-int ts):
 
         {"id":"<head> | <3 digits>", | "event_type":"<t>","ts": | <ts>,"params": | {...}
         | ,"received_at":...}\\n
