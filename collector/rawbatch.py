@@ -56,7 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import is_
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import msgspec
 import orjson
@@ -110,6 +110,7 @@ _decode_event = msgspec.json.Decoder(_Event).decode
 _decode_keyed_events = msgspec.json.Decoder(list[_Keyed]).decode
 _decode_keyed_event = msgspec.json.Decoder(_Keyed).decode
 _EVENT_ID = b'"event_id"'
+_T = TypeVar("_T")
 dumps = orjson.dumps
 _INT_TS = b'%d,"params":'
 """A ts written as an int, and what follows it in the line."""
@@ -216,13 +217,10 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
     try:
         events: list[_Event] | list[_Keyed] = _decode_events(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
-        if body.find(_EVENT_ID) < 0:
+        keyed_events = _keyed(_decode_keyed_events, body)
+        if keyed_events is None:
             return None
-        try:
-            events = _decode_keyed_events(body)
-        except (msgspec.MsgspecError, RecursionError):
-            return None
-        keyed = True
+        events, keyed = keyed_events, True
     count = len(events)
     if count < MIN_EVENTS or count > limits.max_events:
         return None
@@ -371,13 +369,8 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     try:
         event = _decode_event(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
-        if body.find(_EVENT_ID) < 0:
-            return None
-        try:
-            keyed = _decode_keyed_event(body)
-        except (msgspec.MsgspecError, RecursionError):
-            return None
-        if not keyed.event_id.isprintable():  # (_plain_ids)
+        keyed = _keyed(_decode_keyed_event, body)
+        if keyed is None or not keyed.event_id.isprintable():  # (_plain_ids)
             return None
         event, key = keyed, b',"event_id":%b' % dumps(keyed.event_id)
     event_type = event.event_type
@@ -425,6 +418,18 @@ def _plain_type(event_type: str) -> bool:
     strip. (A batch asks once per distinct event_type.)"""
     return bool(event_type) and len(event_type) <= MAX_EVENT_TYPE_CHARS and \
         event_type.isprintable() and event_type.strip() == event_type
+
+
+def _keyed(decode: Callable[[bytes], _T], body: bytes) -> _T | None:
+    """What `decode` (a `_Keyed` decoder) makes of a body the plain decoder refused, if the
+    body names an event_id at all; else None. (Only then: the refusal is usually for
+    something else, and the plain decode is the common one, so it is tried first.)"""
+    if body.find(_EVENT_ID) < 0:
+        return None
+    try:
+        return decode(body)
+    except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
+        return None
 
 
 def _plain_ids(events: list[_Keyed]) -> bool:
