@@ -218,7 +218,7 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         events: list[_Event] | list[_Keyed] = _decode_events(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
         keyed_events = _keyed(_decode_keyed_events, body)
-        if keyed_events is None:
+        if keyed_events is None or not _plain_ids(keyed_events):
             return None
         events, keyed = keyed_events, True
     count = len(events)
@@ -226,8 +226,6 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         return None
     types = [event.event_type for event in events]  # (cheaper than map and attrgetter)
     if not all(map(_plain_type, set(types))):
-        return None
-    if keyed and not _plain_ids(events):  # type: ignore[arg-type]
         return None
     if body.find(b"\\") >= 0:
         return None  # (see _hides_values)
