@@ -9,7 +9,8 @@ checks their syntax) but never turned into objects. Those bytes go into the line
 next to the fields that were decoded and checked. The line is the same JSON value
 `schema.encode_batch` would write; only insignificant formatting inside params (spaces, the
 spelling of a number) can differ. `encode_one` does one event object, `decode` + `encode` an
-array of `MIN_EVENTS` or more.
+array of `MIN_EVENTS` or more, or as many lines of NDJSON laid out as msgspec writes them (one
+compact event per line, `_ndjson_written`).
 
 This path never decides anything on its own. It answers None for every body it is not sure
 about, valid or not, and the caller then runs `schema.parse_body` / `validate_batch`, which
@@ -109,6 +110,9 @@ _decode_events = msgspec.json.Decoder(list[_Event]).decode
 _decode_event = msgspec.json.Decoder(_Event).decode
 _decode_keyed_events = msgspec.json.Decoder(list[_Keyed]).decode
 _decode_keyed_event = msgspec.json.Decoder(_Keyed).decode
+_decode_event_lines = msgspec.json.Decoder(_Event).decode_lines
+_decode_keyed_lines = msgspec.json.Decoder(_Keyed).decode_lines
+_encode_event_lines = msgspec.json.Encoder().encode_lines
 _EVENT_ID = b'"event_id"'
 _T = TypeVar("_T")
 dumps = orjson.dumps
@@ -206,18 +210,25 @@ def user_reader(key: str) -> Callable[[msgspec.Raw | bytes], Any]:
 
 
 def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | None:
-    """The batch of `body` if it is a plain JSON array of valid events, else None.
+    """The batch of `body` if it is a plain JSON array of valid events, or NDJSON laid out as
+    msgspec writes it (`_ndjson_written`), else None.
 
     None means "use the slow path", never "invalid": see the module docstring for what is
     accepted here. `received_at` is the server's receive time in UNIX seconds.
     """
-    if body[:1] != b"[":
+    first = body[:1]
+    if first == b"[":
+        decode_plain, decode_keyed = _decode_events, _decode_keyed_events
+    elif first == b"{" and body.find(b"\n") >= 0:
+        decode_plain, decode_keyed = _decode_event_lines, _decode_keyed_lines
+    else:
         return None
+    lines = first == b"{"
     keyed = False
     try:
-        events: list[_Event] | list[_Keyed] = _decode_events(body)
+        events: list[_Event] | list[_Keyed] = decode_plain(body)
     except (msgspec.MsgspecError, RecursionError):  # (msgspec's nesting limit)
-        keyed_events = _keyed(_decode_keyed_events, body)
+        keyed_events = _keyed(decode_keyed, body)
         if keyed_events is None or not _plain_ids(keyed_events):
             return None
         events, keyed = keyed_events, True
@@ -245,12 +256,14 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         every_ts_sent = False
     if high > upper:
         return None
+    if lines and not _ndjson_written(body, events):
+        return None
     if not every_ts_sent:
         for event in events:  # (written back below: the lines carry the slow path's ts)
             if event.ts is None:
                 event.ts = ra
     text = _encode_events(events)
-    if text != body and _hides_values(
+    if not lines and text != body and _hides_values(
             body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
         return None  # (when msgspec wrote back the very body, no field was given twice)
     pieces = _event_texts(text, count)
@@ -261,8 +274,11 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         if verdict is None:
             return None
         # (False: a number to look at closer, which the general checks below do)
-    if keyed:
-        return None  # (the general way below writes no event_id: the slow path does)
+    if keyed or lines:
+        # The general way below writes no event_id: the slow path does. An NDJSON body gets
+        # here with a raw line break in a params (the slow path splits that line, and says
+        # why) or a number to look at closer (left to the slow path: fewer shapes here).
+        return None
     int_stamps = set(map(type, stamps)) == _ONLY_INT
     checked = _checked_params(params, limits.max_depth)
     if checked is None:
@@ -271,6 +287,24 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
 
 
 _encode_events = msgspec.json.Encoder().encode
+
+
+def _ndjson_written(body: bytes, events: list[_Event] | list[_Keyed]) -> bool:
+    """Whether an NDJSON `body` is msgspec's writing of its decoded `events`, one per line (its
+    last line break may be missing).
+
+    The slow path reads NDJSON one line at a time, an object per line (blank lines skipped).
+    msgspec's `decode_lines` is more lenient: it also takes objects side by side on a line, or
+    one across lines. Only a body that is the very text msgspec writes back, each event
+    compact on a line of its own, is sure to be read the same way; that also names each field
+    once (no params hidden by a repeated key, see `_hides_values`) and gives every ts (a line
+    without one is written back with "ts":null). Raw line breaks inside a params are written
+    back as they came, and are looked for later (`_event_texts`): the slow path would split
+    such a line.
+    """
+    written = _encode_event_lines(events)
+    return written == body if body[-1:] == b"\n" else \
+        len(written) == len(body) + 1 and written.startswith(body)
 _BETWEEN = b'},{"event_type":"'
 """What lies between two events as msgspec writes them: the next event_type's text follows."""
 _FIRST = b'[{"event_type":"'

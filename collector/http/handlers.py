@@ -177,15 +177,14 @@ class Ingest:
                 if one is not None:
                     return self._submit(one.line, [one.id], None if user_of is None else _Columns(
                         [one.event_type], [one.ts], [user_of(one.params)]), False)
-            else:
-                batch = rawbatch.decode(body, received_at, self.limits)
-                if batch is not None:
-                    ids = self.ctx.ids.next_ids(len(batch.types))
-                    return self._submit(
-                        rawbatch.encode(batch, ids, received_at), ids,
-                        None if user_of is None else _Columns(
-                            batch.types, batch.stamps, list(map(user_of, batch.params))),
-                        False)
+            batch = rawbatch.decode(body, received_at, self.limits)  # (an array, or NDJSON)
+            if batch is not None:
+                ids = self.ctx.ids.next_ids(len(batch.types))
+                return self._submit(
+                    rawbatch.encode(batch, ids, received_at), ids,
+                    None if user_of is None else _Columns(
+                        batch.types, batch.stamps, list(map(user_of, batch.params))),
+                    False)
         try:
             items, _ = parse_body(body)
             texts: list[bytes] = []

@@ -140,6 +140,21 @@ def test_ndjson_body(srv: ServerProcess, rawconn: Connect) -> None:
     assert {m: len(v) for m, v in by_event_id(srv, *marks).items()} == dict.fromkeys(marks, 1)
 
 
+def test_ndjson_body_of_a_dozen_compact_lines(srv: ServerProcess, rawconn: Connect) -> None:
+    """The layout most NDJSON writers use (one compact object per line, as rawbatch's short
+    way takes it): every event stored once, with its own ts and params."""
+    marks = [marker("ndc") for _ in range(12)]
+    now = int(time.time())
+    body = b"\n".join(orjson.dumps({"event_type": "ndc", "ts": now - i, "params": {"i": i},
+                                    "event_id": m}) for i, m in enumerate(marks)) + b"\n"
+    ids = accepted_ids(post(rawconn(srv.port), body, {"Content-Type": "application/x-ndjson"}),
+                       12)
+    stored = by_event_id(srv, *marks)
+    assert {m: len(v) for m, v in stored.items()} == dict.fromkeys(marks, 1)
+    assert [(stored[m][0]["id"], stored[m][0]["ts"], stored[m][0]["params"])
+            for m in marks] == [(ids[i], now - i, {"i": i}) for i in range(12)]
+
+
 def test_gzip_body(srv: ServerProcess, rawconn: Connect) -> None:
     marks = [marker("gz") for _ in range(4)]
     body = gzip.compress(orjson.dumps([{"event_type": "gz", "event_id": m} for m in marks]))

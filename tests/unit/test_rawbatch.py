@@ -479,7 +479,6 @@ def test_one_odd_event_object_agrees(odd: bytes) -> None:
 _DECLINED_BODIES = {
     "7 events": batch_body(count=rawbatch.MIN_EVENTS - 1),
     "leading space": b" " + batch_body(),
-    "ndjson": b"\n".join(orjson.dumps(event()) for _ in range(10)),
     "ndjson of arrays": b"\n".join([batch_body()] * 2),
     "not an array of objects": b"[" + b",".join([b"1"] * 10) + b"]",
     "array of arrays": b"[" + b",".join([b"[]"] * 10) + b"]",
@@ -1185,3 +1184,112 @@ def test_a_long_integer_after_a_raw_line_break_is_not_stored_as_a_float(
         with pytest.raises(BadEvent, match="outside -2\\^63..2\\^64-1"):
             parse_body(body)
         assert declines(body)
+
+
+# --- NDJSON: one event per line, as msgspec writes them (_ndjson_written) ---------------------
+
+
+def ndjson(texts: list[bytes], end: bytes = b"\n") -> bytes:
+    return b"\n".join(texts) + end
+
+
+def test_ndjson_as_msgspec_writes_it_is_spliced_into_the_lines_of_the_same_array() -> None:
+    texts = [compact_event(i) for i in range(12)]
+    ids = range(BASE_ID, BASE_ID + 12)
+    array = rawbatch.decode(b"[" + b",".join(texts) + b"]", RA, LIMITS)
+    assert array is not None
+    for body in (ndjson(texts), ndjson(texts, b"")):  # (the last line break may be missing)
+        assert spliced(body)
+        batch = rawbatch.decode(body, RA, LIMITS)
+        assert batch is not None
+        assert rawbatch.encode(batch, ids, RA) == rawbatch.encode(array, ids, RA)
+    assert spliced(ndjson([keyed_event(i) for i in range(12)]))
+    assert spliced(b"\n".join(orjson.dumps(event(ts=ts)) for ts in range(10)))
+
+
+_PLAIN = [compact_event(i) for i in range(12)]
+
+
+def _with(odd: bytes, where: int = 4) -> list[bytes]:
+    texts = list(_PLAIN)
+    texts[where] = odd
+    return texts
+
+
+_NDJSON_LEFT_ALONE = {
+    "CRLF line ends": ndjson(_PLAIN, b"\r\n").replace(b"\n", b"\r\n"),
+    "a blank line": ndjson(_PLAIN).replace(b"\n", b"\n\n", 1),
+    "a blank last line": ndjson(_PLAIN, b"\n\n"),
+    "a space at the end of a line": ndjson(_PLAIN).replace(b"\n", b" \n", 1),
+    "two events on a line": ndjson(_PLAIN).replace(b"\n", b" ", 1),
+    "two events side by side": ndjson(_PLAIN).replace(b"\n", b"", 1),
+    "an event across two lines": ndjson(_with(compact_event(4).replace(b',"ts"', b',\n"ts"'))),
+    "a params across two lines": ndjson(_with(compact_event(4).replace(b'{"i"', b'{\n"i"'))),
+    "a params with a raw CR": ndjson(_with(compact_event(4).replace(b'{"i"', b'{\r"i"'))),
+    "json.dumps's separators": ndjson(
+        [json.dumps(event("view", 1_456_606_932 + i, {"i": i})).encode() for i in range(12)]),
+    "no ts": ndjson(_with(b'{"event_type":"view","params":{"i":4}}')),
+    "no params": ndjson(_with(b'{"event_type":"view","ts":5}')),
+    "ts written 1.50": ndjson(_with(b'{"event_type":"view","ts":1.50,"params":{}}')),
+    "ts before event_type": ndjson(_with(b'{"ts":5,"event_type":"view","params":{}}')),
+    "a repeated params": ndjson(_with(b'{"event_type":"view","ts":5,"params":1e400,"params":{}}')),
+    "a repeated ts": ndjson(_with(b'{"event_type":"view","ts":5,"ts":6,"params":{}}')),
+    "a line that is an array": ndjson(_with(b"[" + compact_event(4) + b"]")),
+    "a params to look at closer": ndjson(_with(compact_event(4).replace(b'"i":4', b'"i":1e400'))),
+    "a long integer": ndjson(_with(compact_event(4).replace(b'"i":4', b'"i":' + b"9" * 20))),
+    "a params that is not an object": ndjson(_with(b'{"event_type":"view","ts":5,"params":[]}')),
+    "an unknown field": ndjson(_with(b'{"event_type":"view","ts":5,"params":{},"x":1}')),
+    "sent_at": ndjson(_with(b'{"event_type":"view","ts":5,"params":{},"sent_at":5}')),
+    "a ts too far ahead": ndjson(_with(b'{"event_type":"view","ts":1700086401,"params":{}}')),
+    "an empty event_type": ndjson(_with(b'{"event_type":"","ts":5,"params":{}}')),
+    "an escape": ndjson(_with(b'{"event_type":"v\\u0069ew","ts":5,"params":{}}')),
+    "invalid UTF-8": ndjson(_with(b'{"event_type":"view","ts":5,"params":{"a":"\xff"}}')),
+    "some events with an event_id": ndjson(_with(keyed_event(4))),
+    "an event_id to look at closer": ndjson(
+        [keyed_event(i) for i in range(11)] + [keyed_event(11).replace(b'"id-11"', b'"a\x7f"')]),
+    "seven lines": ndjson(_PLAIN[:rawbatch.MIN_EVENTS - 1]),
+    "a leading line break": b"\n" + ndjson(_PLAIN),
+}
+"""NDJSON bodies that are not msgspec's writing of their events, one per line, or that hold
+what the slow path must judge (valid or not): left to the slow path."""
+
+
+@pytest.mark.parametrize("body", _NDJSON_LEFT_ALONE.values(), ids=_NDJSON_LEFT_ALONE.keys())
+def test_ndjson_laid_out_otherwise_is_left_to_the_slow_path(body: bytes) -> None:
+    assert rawbatch.decode(body, RA, LIMITS) is None
+    agrees(body)  # (what encode_one makes of it, if anything, agrees)
+
+
+def test_what_decode_lines_takes_and_the_slow_path_refuses_is_left_alone() -> None:
+    # msgspec reads objects side by side, or one across lines, as lines of their own: the
+    # slow path refuses such a body, so the fast path must not take it.
+    for name in ("two events on a line", "two events side by side", "an event across two lines"):
+        with pytest.raises(BadEvent):
+            parse_body(_NDJSON_LEFT_ALONE[name])
+        assert len(rawbatch._decode_event_lines(_NDJSON_LEFT_ALONE[name])) == 12
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool=st.booleans().flatmap(
+           lambda keyed: st.lists(_laid_out_event(keyed), min_size=1, max_size=4)),
+       picks=st.lists(st.integers(0, 3), min_size=8, max_size=24),
+       between=st.sampled_from([b"\n", b"\n", b"\r\n", b"\n\n", b" \n", b" "]),
+       end=st.sampled_from([b"", b"\n", b"\n", b"\r\n"]), limits=_LIMITS)
+def test_ndjson_laid_out_any_way_agrees_with_the_slow_path(
+        pool: list[bytes], picks: list[int], between: bytes, end: bytes,
+        limits: EventLimits) -> None:
+    body = between.join(pool[i % len(pool)] for i in picks) + end
+    hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool=st.lists(st.tuples(st.sampled_from(["view", "click", "é", "a b"]),
+                               st.one_of(st.none(), st.integers(0, int(RA)), st.floats(0, RA)),
+                               _compact_params()), min_size=1, max_size=4),
+       picks=st.lists(st.integers(0, 3), min_size=8, max_size=24), limits=_LIMITS)
+def test_compact_ndjson_agrees_with_the_slow_path(
+        pool: list[tuple[str, Any, bytes]], picks: list[int], limits: EventLimits) -> None:
+    texts = [b'{"event_type":%b,"ts":%b,"params":%b}' % (orjson.dumps(t), orjson.dumps(ts), p)
+             for t, ts, p in pool]
+    body = ndjson([texts[i % len(texts)] for i in picks])
+    hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
