@@ -12,6 +12,7 @@ Rows (the targets of issues 2 and 3; bench/README.md says what each one means):
     f  collector with Redis stats on (embedded redis-server), and Redis commands/s at full load
        and at about half that request rate
     g  overload: 256 connections for --overload-duration seconds, peak RSS of the server tree
+    h  collector, the batches of d sent as NDJSON (one event per line)
     m  the minimal hand-written uvloop server of issue 2's yardstick (bench/reference_minimal.py:
        validate, append, 202), one event per request
     n  the same, batches of 100 events per request
@@ -91,6 +92,8 @@ class Row:
     env: tuple[tuple[str, str], ...] = ()
     overload: bool = False
     redis_rates: bool = False
+    wrk_env: tuple[tuple[str, str], ...] = ()
+    """Environment for wrk's Lua script (e.g. which layout batch100.lua sends)."""
 
 
 ROWS: dict[str, Row] = {r.key: r for r in (
@@ -105,6 +108,8 @@ ROWS: dict[str, Row] = {r.key: r for r in (
         env=(("COLLECTOR_REDIS_ENABLED", "true"),), redis_rates=True),
     Row("g", "collector, overload 256 conns", "collector", "event.lua", connections=256,
         overload=True),
+    Row("h", "collector, 100 events as NDJSON", "collector", "batch100.lua",
+        events_per_request=100, wrk_env=(("WRK_LAYOUT", "ndjson"),)),
     Row("m", "minimal uvloop server (yardstick)", "minimal", "event.lua"),
     Row("n", "minimal server, 100 events/req", "minimal", "batch100.lua",
         events_per_request=100),
@@ -426,14 +431,14 @@ def measure(row: Row, rep: int, pin: Pinning, data_root: Path, seconds: float, w
             with RssSampler(run.proc.pid) as rss:
                 if warmup > 0:
                     run_wrk(wrk_argv(pin, run.url, row.script, row.connections, warmup), warmup,
-                            nice=pin.nice)
+                            dict(row.wrk_env), nice=pin.nice)
                 cpu0 = tree_cpu_seconds(run.proc.pid)
                 t0 = time.monotonic()
                 full: dict[str, Any] = {}
                 if row.redis_rates:
                     res, full = _redis_window(run, argv, seconds, pin.nice)
                 else:
-                    res = run_wrk(argv, seconds, nice=pin.nice)
+                    res = run_wrk(argv, seconds, dict(row.wrk_env), nice=pin.nice)
                 t1 = time.monotonic()
                 cpu = cpu_used(cpu0, tree_cpu_seconds(run.proc.pid))
             m.load1 = loadavg()
@@ -593,6 +598,8 @@ def checks(runs: list[Measure]) -> list[Check]:
     if {"d", "n"} <= keys:
         out.append(_ratio_check(runs, "d", "n", "d/n collector / minimal server, batches",
                                 None))
+    if {"h", "d"} <= keys:
+        out.append(_ratio_check(runs, "h", "d", "h/d NDJSON / array batches", None))
     if "d" in keys:
         ev = _med(runs, "d", "events_per_s")
         out.append(Check("d batch of 100 events/s", _fmt(ev), ">= 400,000",
