@@ -305,6 +305,8 @@ def _ndjson_written(body: bytes, events: list[_Event] | list[_Keyed]) -> bool:
     written = _encode_event_lines(events)
     return written == body if body[-1:] == b"\n" else \
         len(written) == len(body) + 1 and written.startswith(body)
+
+
 _BETWEEN = b'},{"event_type":"'
 """What lies between two events as msgspec writes them: the next event_type's text follows."""
 _FIRST = b'[{"event_type":"'

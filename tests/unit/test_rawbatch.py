@@ -1217,7 +1217,7 @@ def _with(odd: bytes, where: int = 4) -> list[bytes]:
 
 
 _NDJSON_LEFT_ALONE = {
-    "CRLF line ends": ndjson(_PLAIN, b"\r\n").replace(b"\n", b"\r\n"),
+    "CRLF line ends": ndjson(_PLAIN).replace(b"\n", b"\r\n"),
     "a blank line": ndjson(_PLAIN).replace(b"\n", b"\n\n", 1),
     "a blank last line": ndjson(_PLAIN, b"\n\n"),
     "a space at the end of a line": ndjson(_PLAIN).replace(b"\n", b" \n", 1),
