@@ -436,7 +436,7 @@ def measure(row: Row, rep: int, pin: Pinning, data_root: Path, seconds: float, w
                 t0 = time.monotonic()
                 full: dict[str, Any] = {}
                 if row.redis_rates:
-                    res, full = _redis_window(run, argv, seconds, pin.nice)
+                    res, full = _redis_window(run, argv, seconds, pin.nice, dict(row.wrk_env))
                 else:
                     res = run_wrk(argv, seconds, dict(row.wrk_env), nice=pin.nice)
                 t1 = time.monotonic()

@@ -262,6 +262,8 @@ def decode(body: bytes, received_at: float, limits: EventLimits) -> RawBatch | N
         for event in events:  # (written back below: the lines carry the slow path's ts)
             if event.ts is None:
                 event.ts = ra
+    # (NDJSON too, though `_ndjson_written` wrote its lines already: there the line breaks
+    # are what separates events, and a raw one inside a params would hide among them.)
     text = _encode_events(events)
     if not lines and text != body and _hides_values(
             body, count - list(map(is_, params, repeat(_NO_PARAMS))).count(True)):
@@ -326,7 +328,8 @@ def _event_texts(text: bytes, count: int) -> list[bytes] | None:
     (`encode`): each event is copied, not written anew, and its fields need no formatting.
     Only a params can hold a raw line break (between its tokens), which would split the line,
     or the text between events; `decode` then takes the general way (or, for events with an
-    event_id, which that way does not write, leaves the batch to the slow path).
+    event_id, which that way does not write, and for NDJSON, leaves the batch to the slow
+    path).
     """
     if text.find(b"\n") >= 0 or text.find(b"\r") >= 0:
         return None
