@@ -433,8 +433,8 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
         return None
     params = bytes(event.params)
     classes = params.translate(_CLASSES)
-    if classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or \
-            _long_number(classes):  # (_looks_suspect, inlined)
+    if classes.find(_SUSPECT) >= 0 or classes.find(_DIGIT_EXPONENT) >= 0 or (
+            classes.find(_LONG_DIGITS) >= 0 and _long_number(classes)):  # (_looks_suspect)
         reserialized = _reserialized([params])
         if reserialized is None:
             return None

@@ -204,7 +204,8 @@ class HttpProtocol(asyncio.Protocol):
                 self.started = self.loop.time()
                 body = parser.take_whole_body()
                 if body is not None:
-                    self._cancel_timer()
+                    self.deadline = 0.0  # (_cancel_timer, inlined: once per request)
+                    self.timer_kind = -1
                     self._dispatch(body)
                 else:
                     self.parts = []
@@ -292,7 +293,7 @@ class HttpProtocol(asyncio.Protocol):
         if handler is None:
             self._respond(_unroutable(head.method, path, allowed), "unmatched")
             return
-        label = _route_label(request)
+        label = path if not request.path_params else _pattern_label(request)
         try:
             result = handler(request)
         except HTTPError as e:
@@ -307,7 +308,7 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(result, label)  # type: ignore[arg-type]
             return
         self.busy = True
-        if rtype is Deferred:
+        if isinstance(result, Deferred):
             self.label = label
             result.on_response(self._on_deferred)  # type: ignore[union-attr]
             return
@@ -320,9 +321,18 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             return  # the client left; whatever was stored stays stored
         self._respond(resp, self.label)
-        self._resume_reading()
+        if self.read_paused:
+            self._resume_reading()
         if self.parser.at_rest and not self.closed and not self.write_paused:
-            self._need_data()  # what _process() would end with, without asking the parser
+            # What _process() would end with, without asking the parser: NEED_DATA between
+            # two requests, and `_need_data` then arms the keep-alive timeout (inlined: this
+            # runs after every ingestion request).
+            if self.timer_kind != _IDLE:
+                if self.state.stopping:
+                    self._close()
+                    return
+                self.timer_kind = _IDLE
+                self.deadline = self.loop.time() + self.state.keepalive_timeout
         else:
             self._process()
 
@@ -351,10 +361,12 @@ class HttpProtocol(asyncio.Protocol):
         head = self.head
         assert head is not None
         self.first_deadline = 0.0
-        keep_alive = head.keep_alive and not resp.close and not self.state.stopping
-        self._write_now(resp, keep_alive=keep_alive, http10=head.version == "1.0",
-                        head_only=head.method == "HEAD")
-        cb = self.state.on_request
+        state = self.state
+        keep_alive = head.keep_alive and not resp.close and not state.stopping
+        assert self.transport is not None
+        self.transport.write(serialize(resp, keep_alive, head.version == "1.0",
+                                       head.method == "HEAD", state.date.line()))
+        cb = state.on_request
         if cb is not None:
             cb(label, resp.status, self.loop.time() - self.started)
         self.head = None
