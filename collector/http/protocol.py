@@ -310,7 +310,7 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = True
         if isinstance(result, Deferred):
             self.label = label
-            result.on_response(self._on_deferred)  # type: ignore[union-attr]
+            result.on_response(self._on_deferred)
             return
         task = asyncio.ensure_future(result)  # type: ignore[arg-type]
         self.state.tasks.add(task)
