@@ -48,8 +48,12 @@ SEGMENT_ROLL_SECONDS = 60.0
 DURABILITY = "os"
 """'os': ack once the kernel has the bytes (survives a process crash). 'fsync': ack after a
 group-committed fsync (survives power loss)."""
-FSYNC_MAX_DELAY = 0.002
-"""With durability 'fsync': how long a commit may wait for more requests to share its fsync."""
+FSYNC_MAX_DELAY = 0.0
+"""With durability 'fsync': how long a commit may wait for more requests to share its fsync,
+when none is running. 0 (as PostgreSQL's commit_delay and MySQL's group-commit delay): the
+requests that arrive while one fsync runs share the next, which batches by itself under load.
+A wait only adds to every fsync cycle: at 2 ms, a disk whose fsync takes 0.12 ms gave 21,400
+acknowledged requests/s at 64 connections, against 48,800 without."""
 REJECTED_DIR = "rejected"
 REJECTED_MAX_FILE_BYTES = 16 * 1024 * 1024
 REJECTED_MAX_FILES = 8

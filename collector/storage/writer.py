@@ -16,8 +16,9 @@ appends at once (tests and tools use it; it flushes what is queued first).
   `write` returns a future that resolves once an fsync that started after the append has
   completed. At most one commit job runs at a time, in the loop's default executor; requests
   that arrive while it runs wait for the next job and share its fsync, so the number of fsyncs
-  tracks the disk's speed, not the request rate. When the pipeline is idle a job waits
-  `fsync_max_delay` first so a burst can gather.
+  tracks the disk's speed, not the request rate. When the pipeline is idle a job may wait
+  `fsync_max_delay` first so a burst can gather (default 0: a wait lengthens every cycle, and
+  on a disk that syncs in a tenth of a millisecond it was most of the cycle).
 
 Rolling (by size after an append, by age from `tick()`): in both modes the loop thread only
 *detaches* the segment from the log (the next append opens a new one) and queues it; the next
@@ -143,7 +144,7 @@ class SegmentWriter:
         durability: str,
         loop: asyncio.AbstractEventLoop,
         clock: Clock,
-        fsync_max_delay: float = 0.002,
+        fsync_max_delay: float = 0.0,
         probe_interval: float = 1.0,
     ) -> None:
         if durability not in DURABILITIES:
