@@ -393,6 +393,13 @@ def _plain_params(params: list[msgspec.Raw | bytes], max_depth: int) -> bool | N
     return brackets.find(b"{" * (max_depth + 1)) < 0 or None
 
 
+_TYPE_JSON: dict[str, bytes] = {}
+"""The event types `encode_one` found plain (`_plain_type`), with their JSON: an application
+sends a few dozen types, each request one of them, so the checks and the dumps of a type are
+one dict hit. Emptied when `_TYPES_KEPT` are held (a client inventing types cannot grow it)."""
+_TYPES_KEPT = 4096
+
+
 def encode_one(body: bytes, received_at: float, limits: EventLimits,
                next_id: Callable[[], int]) -> One | None:
     """The segment line of a body holding one plain event object, and its id; else None.
@@ -411,10 +418,13 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
             return None
         event, key = keyed, b',"event_id":%b' % dumps(keyed.event_id)
     event_type = event.event_type
-    # (_plain_type, inlined)
-    if not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS or \
-            not event_type.isprintable() or event_type.strip() != event_type:
-        return None
+    type_json = _TYPE_JSON.get(event_type)
+    if type_json is None:
+        if not _plain_type(event_type):
+            return None
+        if len(_TYPE_JSON) >= _TYPES_KEPT:
+            _TYPE_JSON.clear()
+        type_json = _TYPE_JSON[event_type] = dumps(event_type)
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
     if ts is None:
@@ -445,7 +455,7 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
     snowflake = next_id()
     return _new_one(One, (
         b'{"id":"%d","event_type":%b,"ts":%b,"params":%b,"received_at":%b%b}\n' % (
-            snowflake, dumps(event_type), ts_json, params, dumps(ra), key),
+            snowflake, type_json, ts_json, params, dumps(ra), key),
         snowflake, event_type, ra if ts is None else ts, params))
 
 

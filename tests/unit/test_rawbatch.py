@@ -1293,3 +1293,27 @@ def test_compact_ndjson_agrees_with_the_slow_path(
              for t, ts, p in pool]
     body = ndjson([texts[i % len(texts)] for i in picks])
     hypothesis.event("spliced" if spliced(body, limits) else "not spliced")
+
+
+def test_event_types_are_checked_before_they_are_remembered_and_the_memory_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # encode_one keeps the JSON of each plain type it has seen (_TYPE_JSON), so a repeated
+    # type skips its checks. A type it refuses is never kept, so it is refused every time;
+    # and a client inventing types empties the memory rather than grow it.
+    monkeypatch.setattr(rawbatch, "_TYPE_JSON", {})
+    monkeypatch.setattr(rawbatch, "_TYPES_KEPT", 3)
+
+    def one(event_type: str) -> rawbatch.One | None:
+        body = b'{"event_type":%b,"ts":5}' % orjson.dumps(event_type)
+        return rawbatch.encode_one(body, RA, LIMITS, lambda: BASE_ID)
+
+    for refused in (" padded", "tab\there", "", "x" * 257):
+        assert one(refused) is None and one(refused) is None
+        assert refused not in rawbatch._TYPE_JSON
+    for name in ("a", "b", "c", "d", "é"):
+        first, again = one(name), one(name)
+        assert first is not None and again is not None and first.line == again.line
+        assert orjson.loads(first.line)["event_type"] == name
+        assert len(rawbatch._TYPE_JSON) <= 3
+    kept = rawbatch._TYPE_JSON
+    assert kept == {"d": b'"d"', "é": orjson.dumps("é")}
