@@ -59,6 +59,10 @@ class _Columns(NamedTuple):
     users: list[Any]
 
 
+_new_columns = tuple.__new__
+"""`_Columns(...)` without the Python-level `__new__` a NamedTuple has (once per request with
+the Redis counters on)."""
+
 PROCESSOR_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of one failing processor (the failures are all counted)."""
 
@@ -207,8 +211,9 @@ class Ingest:
             if body[:1] == b"{":
                 one = rawbatch.encode_one(body, received_at, self.limits, self.ctx.ids.next_id)
                 if one is not None:
-                    return self._submit(one.line, [one.id], None if user_of is None else _Columns(
-                        [one.event_type], [one.ts], [user_of(one.params)]), False)
+                    return self._submit(one.line, [one.id], None if user_of is None else
+                                        _new_columns(_Columns, ([one.event_type], [one.ts],
+                                                                [user_of(one.params)])), False)
             batch = rawbatch.decode(body, received_at, self.limits)  # (an array, or NDJSON)
             if batch is not None:
                 ids = self.ctx.ids.next_ids(len(batch.types))

@@ -289,11 +289,16 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(PREFLIGHT, "OPTIONS")
             return
         router = self.state.router
-        handler, allowed = router.resolve(request)
-        if handler is None:
-            self._respond(_unroutable(head.method, path, allowed), "unmatched")
-            return
-        label = path if not request.path_params else _pattern_label(request)
+        methods = router.exact.get(path)
+        handler = None if methods is None else methods.get(head.method)
+        if handler is not None:
+            label = path
+        else:
+            handler, allowed = router.resolve(request)
+            if handler is None:
+                self._respond(_unroutable(head.method, path, allowed), "unmatched")
+                return
+            label = path if not request.path_params else _pattern_label(request)
         try:
             result = handler(request)
         except HTTPError as e:
