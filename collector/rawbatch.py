@@ -393,10 +393,13 @@ def _plain_params(params: list[msgspec.Raw | bytes], max_depth: int) -> bool | N
     return brackets.find(b"{" * (max_depth + 1)) < 0 or None
 
 
-_TYPE_JSON: dict[str, bytes] = {}
-"""The event types `encode_one` found plain (`_plain_type`), with their JSON: an application
-sends a few dozen types, each request one of them, so the checks and the dumps of a type are
-one dict hit. Emptied when `_TYPES_KEPT` are held (a client inventing types cannot grow it)."""
+_TYPES: dict[str, tuple[str, bytes]] = {}
+"""The event types `encode_one` found plain (`_plain_type`): each with the first string of it
+seen and its JSON. An application sends a few dozen types, each request one of them, so the
+checks and the dumps of a type are one dict hit; and the one string stands for all the equal
+ones msgspec decodes, so the Redis counters, which keep every request's type until their next
+flush, hold one object with its hash computed instead of one per request. Emptied when
+`_TYPES_KEPT` are held (a client inventing types cannot grow it)."""
 _TYPES_KEPT = 4096
 
 
@@ -418,13 +421,14 @@ def encode_one(body: bytes, received_at: float, limits: EventLimits,
             return None
         event, key = keyed, b',"event_id":%b' % dumps(keyed.event_id)
     event_type = event.event_type
-    type_json = _TYPE_JSON.get(event_type)
-    if type_json is None:
+    known = _TYPES.get(event_type)
+    if known is None:
         if not _plain_type(event_type):
             return None
-        if len(_TYPE_JSON) >= _TYPES_KEPT:
-            _TYPE_JSON.clear()
-        type_json = _TYPE_JSON[event_type] = dumps(event_type)
+        if len(_TYPES) >= _TYPES_KEPT:
+            _TYPES.clear()
+        known = _TYPES[event_type] = (event_type, dumps(event_type))
+    event_type, type_json = known
     ra = round(received_at * 1000) / 1000  # schema.round_ms, inlined
     ts = event.ts
     if ts is None:

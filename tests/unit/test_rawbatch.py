@@ -1297,10 +1297,11 @@ def test_compact_ndjson_agrees_with_the_slow_path(
 
 def test_event_types_are_checked_before_they_are_remembered_and_the_memory_is_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # encode_one keeps the JSON of each plain type it has seen (_TYPE_JSON), so a repeated
-    # type skips its checks. A type it refuses is never kept, so it is refused every time;
-    # and a client inventing types empties the memory rather than grow it.
-    monkeypatch.setattr(rawbatch, "_TYPE_JSON", {})
+    # encode_one keeps each plain type it has seen, with its JSON (_TYPES), so a repeated
+    # type skips its checks, and every event of a type shares one string. A type it refuses is
+    # never kept, so it is refused every time; and a client inventing types empties the
+    # memory rather than grow it.
+    monkeypatch.setattr(rawbatch, "_TYPES", {})
     monkeypatch.setattr(rawbatch, "_TYPES_KEPT", 3)
 
     def one(event_type: str) -> rawbatch.One | None:
@@ -1309,11 +1310,12 @@ def test_event_types_are_checked_before_they_are_remembered_and_the_memory_is_bo
 
     for refused in (" padded", "tab\there", "", "x" * 257):
         assert one(refused) is None and one(refused) is None
-        assert refused not in rawbatch._TYPE_JSON
-    for name in ("a", "b", "c", "d", "é"):
-        first, again = one(name), one(name)
+        assert refused not in rawbatch._TYPES
+    for name in ("signup", "login", "page_view", "purchase", "épée"):  # (not 1 character:
+        first, again = one(name), one(name)  # CPython keeps one string of each of those)
         assert first is not None and again is not None and first.line == again.line
-        assert orjson.loads(first.line)["event_type"] == name
-        assert len(rawbatch._TYPE_JSON) <= 3
-    kept = rawbatch._TYPE_JSON
-    assert kept == {"d": b'"d"', "é": orjson.dumps("é")}
+        assert orjson.loads(first.line)["event_type"] == first.event_type == name
+        assert again.event_type is first.event_type
+        assert len(rawbatch._TYPES) <= 3
+    kept = rawbatch._TYPES
+    assert kept == {"purchase": ("purchase", b'"purchase"'), "épée": ("épée", orjson.dumps("épée"))}
