@@ -5,7 +5,7 @@ Theory of operation
 The request handler calls `submit(data, first_id, done)` once per request with the
 request's events as complete NDJSON lines. Everything submitted during one event-loop
 iteration is appended at the end of it by one write(2) (`_flush`, scheduled with call_soon;
-the server flushes earlier once 16 requests wait, `flush_if_queued`), on the event loop
+the server flushes earlier once 32 requests wait, `flush_if_queued`), on the event loop
 thread: one syscall and one fstat per iteration instead of per request, and still no queue
 between threads and no lock; the file order is the submission order. `write(data, first_id)`
 appends at once (tests and tools use it; it flushes what is queued first).
