@@ -46,9 +46,9 @@ FLUSH_AFTER_REQUESTS = 32
 """Requests waiting for the segment writer that make it append and answer them before the
 end of the event-loop iteration (see SegmentWriter.flush_if_queued). Fewer keep clients of
 large batches from waiting on the whole iteration; more save writes and wakeups on small
-requests. 32 against 16, alternating 4 s runs at 64 connections (session 12): one-event
-requests +2 to +5%, batches of 100 the same (10,800 and 10,780 against 10,830 and 10,180/s);
-64 gave one-event requests a little more and batches 5% less."""
+requests. 32 against 16, alternating 4-5 s runs at 64 connections (session 12): one-event
+requests +1 to +4%, batches of 100 the same (10,800 and 10,780 against 10,830 and 10,180/s);
+64 gave one-event requests a little more and batches 5% less (bench/README, session 12)."""
 
 
 def describe_metrics(m: Metrics) -> None:

@@ -332,7 +332,7 @@ class HttpProtocol(asyncio.Protocol):
             # What _process() would end with, without asking the parser: NEED_DATA between
             # two requests, and `_need_data` then arms the keep-alive timeout (inlined: this
             # runs after every ingestion request).
-            if self.timer_kind != _IDLE:
+            if self.timer_kind not in (_IDLE, _FIRST):
                 if self.state.stopping:
                     self._close()
                     return
