@@ -59,9 +59,17 @@ class _Columns(NamedTuple):
     users: list[Any]
 
 
-_new_columns = tuple.__new__
-"""`_Columns(...)` without the Python-level `__new__` a NamedTuple has (once per request with
-the Redis counters on)."""
+class _One(NamedTuple):
+    """One accepted event as the Redis counters take it (`StatsCounters.add_one`)."""
+
+    event_type: str
+    ts: int | float
+    user: Any
+
+
+_new_one = tuple.__new__
+"""`_One(...)` without the Python-level `__new__` a NamedTuple has (once per request with the
+Redis counters on)."""
 
 PROCESSOR_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of one failing processor (the failures are all counted)."""
@@ -134,7 +142,7 @@ class _Reply(Deferred):
 
     __slots__ = ("_ingest", "_kept", "_ids", "_nbytes", "_pixel")
 
-    def __init__(self, ingest: Ingest, kept: list[dict[str, Any]] | _Columns | None,
+    def __init__(self, ingest: Ingest, kept: list[dict[str, Any]] | _Columns | _One | None,
                  ids: Sequence[int], nbytes: int, pixel: bool) -> None:
         self._waiter = None
         self._response = None
@@ -212,8 +220,8 @@ class Ingest:
                 one = rawbatch.encode_one(body, received_at, self.limits, self.ctx.ids.next_id)
                 if one is not None:
                     return self._submit(one.line, [one.id], None if user_of is None else
-                                        _new_columns(_Columns, ([one.event_type], [one.ts],
-                                                                [user_of(one.params)])), False)
+                                        _new_one(_One, (one.event_type, one.ts,
+                                                        user_of(one.params))), False)
             batch = rawbatch.decode(body, received_at, self.limits)  # (an array, or NDJSON)
             if batch is not None:
                 ids = self.ctx.ids.next_ids(len(batch.types))
@@ -293,7 +301,8 @@ class Ingest:
                                                                            strict=True)]
         return self._submit(data, ids, events, pixel)
 
-    def _submit(self, data: bytes, ids: Sequence[int], kept: list[dict[str, Any]] | _Columns | None,
+    def _submit(self, data: bytes, ids: Sequence[int],
+                kept: list[dict[str, Any]] | _Columns | _One | None,
                 pixel: bool) -> Response | Deferred:
         """Hand the lines to the segment writer; the reply resolves once they are written."""
         reply = _Reply(self, kept, ids, len(data), pixel)
@@ -303,11 +312,13 @@ class Ingest:
             return self._unavailable(e)
         return reply
 
-    def _accepted(self, events: list[dict[str, Any]] | _Columns | None, ids: Sequence[int],
+    def _accepted(self, events: list[dict[str, Any]] | _Columns | _One | None, ids: Sequence[int],
                   nbytes: int, pixel: bool) -> Response:
         for proc in self.ctx.processors if events is not None else ():
             try:
-                if type(events) is _Columns:
+                if type(events) is _One:
+                    proc.add_one(*events)
+                elif type(events) is _Columns:
                     proc.add_columns(*events)
                 else:
                     proc.add(events)

@@ -194,6 +194,12 @@ class StatsCounters:
         self._ts += stamps
         self._users += users
 
+    def add_one(self, event_type: str, ts: int | float, user: Any) -> None:
+        """`add_columns` for a single event, the common request (no lists to build)."""
+        self._types.append(event_type)
+        self._ts.append(ts)
+        self._users.append(user)
+
     def _gather(self) -> None:
         """Count the columns filled by `add` into `_counts`, `_bits` and `_hll`.
 

@@ -1,7 +1,8 @@
 """The fast path with Redis stats on: the user read from raw params, and the counters' columns.
 
 `rawbatch.user_reader` must give what the slow path hands the counters,
-`orjson.loads(params).get(key)`, and `StatsCounters.add_columns` must count what `add` counts.
+`orjson.loads(params).get(key)`, and `StatsCounters.add_columns` and `add_one` must count what
+`add` counts.
 No Redis here: nothing is flushed.
 """
 
@@ -72,12 +73,17 @@ def _counters() -> StatsCounters:
     st.one_of(st.none(), st.integers(0, 2**20), st.sampled_from(["u1", "u2"]))),
     max_size=30))
 def test_columns_count_what_dicts_count(events: list[tuple[str, float, Any]]) -> None:
-    by_dicts, by_columns = _counters(), _counters()
+    # add (event dicts), add_columns (a batch of the fast path) and add_one (its single
+    # event, one call per event here) must count alike.
+    by_dicts, by_columns, one_by_one = _counters(), _counters(), _counters()
     by_dicts.add([{"event_type": t, "ts": ts, "params": {"user_id": u}} for t, ts, u in events])
     by_columns.add_columns([t for t, _, _ in events], [ts for _, ts, _ in events],
                            [u for _, _, u in events])
-    by_dicts._gather()
-    by_columns._gather()
-    assert dict(by_columns._counts) == dict(by_dicts._counts)
-    assert dict(by_columns._bits) == dict(by_dicts._bits)
-    assert dict(by_columns._hll) == dict(by_dicts._hll)
+    for t, ts, u in events:
+        one_by_one.add_one(t, ts, u)
+    for counters in by_dicts, by_columns, one_by_one:
+        counters._gather()
+    for counters in by_columns, one_by_one:
+        assert dict(counters._counts) == dict(by_dicts._counts)
+        assert dict(counters._bits) == dict(by_dicts._bits)
+        assert dict(counters._hll) == dict(by_dicts._hll)
