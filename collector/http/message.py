@@ -27,12 +27,18 @@ class Request:
     body: bytes = b""
     version: str = "1.1"
     client: str = ""
+    fields: Mapping[bytes, bytes] | None = None
+    """Each header name with its first value (`RequestHead.fields`), when the parser gave
+    them: `header` is then one dict hit. None: `header` scans `headers`."""
     path_params: Mapping[str, str] | None = None
     """Set by the router for a pattern route (`/api/stats/:type`); None for an exact path."""
     _query: dict[str, list[str]] | None = None
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """First value of header `name` (give it lowercase)."""
+        fields = self.fields
+        if fields is not None:
+            return fields.get(name, default)
         for k, v in self.headers:
             if k == name:
                 return v

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from collector.errors import ProtocolError
 from collector.http.events import (
@@ -118,7 +119,7 @@ _MAX_CHUNK_SIZE_DIGITS = 16
 
 _END = EndOfMessage()
 _new_head = tuple.__new__
-"""`_new_head(RequestHead, (...eight values...))`: the head in one C call (see RequestHead)."""
+"""`_new_head(RequestHead, (...nine values...))`: the head in one C call (see RequestHead)."""
 _CLOSED = ConnectionClosed()
 
 # Where the chunked reader is inside the body (compared by identity; names read well in a
@@ -629,6 +630,7 @@ def parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> RequestHea
             expect is not None and version == "1.1" and expect.lower() == b"100-continue",
             content_length,
             chunked,
+            MappingProxyType(fields),  # (every name once: each value is its first)
         ))
     return _parse_repeated_fields(method, target, version, tuple(headers), fields, limits)
 
@@ -657,6 +659,8 @@ def _parse_repeated_fields(
         expect is not None and version == "1.1" and expect.lower() == b"100-continue",
         content_length,
         chunked,
+        MappingProxyType(dict(reversed(headers))),  # (each name's first value: the last
+        # assignment wins)
     ))
 
 

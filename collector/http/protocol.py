@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from collector.errors import HTTPError, ProtocolError
@@ -92,6 +93,9 @@ class ServerState:
     """Called after each read has been processed, outside any connection's parse loop (the
     worker lets the segment writer flush there once enough requests wait for it)."""
 
+
+_NO_FIELDS: Mapping[bytes, bytes] = MappingProxyType({})
+"""The header fields of the stand-in head of an error that came before a whole head."""
 
 _KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
                             "TRACE", "PATCH"))
@@ -268,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
             return None  # (a preflight is answered whatever the path: _dispatch)
         path, _, query = head.target.partition("?")
         request = Request(head.method, path, query, head.headers, b"", head.version,
-                          self.client)
+                          self.client, head.fields)
         handler, allowed = self.state.router.resolve(request)
         if handler is None:
             return _unroutable(head.method, path, allowed), "unmatched"
@@ -284,7 +288,7 @@ class HttpProtocol(asyncio.Protocol):
         target = head.target
         path, _, query = target.partition("?")
         request = Request(head.method, path, query, head.headers, body, head.version,
-                          self.client)
+                          self.client, head.fields)
         if head.method == "OPTIONS":
             self._respond(PREFLIGHT, "OPTIONS")
             return
@@ -396,7 +400,8 @@ class HttpProtocol(asyncio.Protocol):
         close), timed from now. `started` is the previous request's, or 0.0 (the loop's epoch)
         on a new connection, which put hours into the latency histogram."""
         if self.head is None:
-            self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False)
+            self.head = RequestHead("GET", "/", "1.1", (), False, False, None, False,
+                                    _NO_FIELDS)
             self.started = self.loop.time()
 
     # -- connection lifecycle ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from collector.http.events import (
     EndOfMessage,
     RequestHead,
 )
+from collector.http.message import Request
 from collector.http.parser import DEFAULT_LIMITS, ParserLimits, RequestParser, parse_head
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -166,6 +167,8 @@ def make_head(**overrides: object) -> RequestHead:
         "chunked": False,
     }
     fields.update(overrides)
+    if "fields" not in fields:  # (each name's first value, as the parser gives them)
+        fields["fields"] = dict(reversed(fields["headers"]))  # type: ignore[call-overload]
     return RequestHead(**fields)  # type: ignore[arg-type]
 
 
@@ -971,9 +974,30 @@ def test_heads_built_by_the_parser_are_ordinary_immutable_request_heads() -> Non
     assert head == make_head(method="POST", target="/api/events", content_length=1,
                              headers=((b"host", b"example.com"), (b"content-length", b"1")))
     assert head.content_length == 1 and head.keep_alive and not head.chunked
-    assert hash(head) == hash(head._replace())
+    assert dict(head.fields) == {b"host": b"example.com", b"content-length": b"1"}
     with pytest.raises(AttributeError):
         head.target = "/other"  # type: ignore[misc]
+    with pytest.raises(TypeError):  # (one head serves every request that repeats it)
+        head.fields[b"host"] = b"elsewhere"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("block", [
+    b"Host: a\r\nX-Tag: one\r\nAccept: */*\r\nX-Tag: two\r\nx-tag: three\r\n",
+    b"Host: a\r\nX-Tag: one\r\nAccept: */*\r\n",
+])
+def test_a_heads_fields_give_each_names_first_value_as_a_scan_of_its_headers_does(
+        block: bytes) -> None:
+    # Request.header answers from `fields` when the parser gave them, else by a scan of
+    # `headers`: both must answer the same, repeated names included (the first value).
+    head = head_of(b"GET / HTTP/1.1\r\n" + block + b"\r\n")
+    with_fields = Request(head.method, head.target, "", head.headers, fields=head.fields)
+    scanned = Request(head.method, head.target, "", head.headers)
+    assert set(head.fields) == {name for name, _ in head.headers}
+    for name in (b"x-tag", b"host", b"accept", b"absent"):
+        assert with_fields.header(name) == scanned.header(name)
+        assert with_fields.header(name, b"d") == scanned.header(name, b"d")
+    assert with_fields.header(b"x-tag") == b"one"
+    assert with_fields.header(b"absent") is None
 
 
 def test_sentinels_have_readable_reprs() -> None:
