@@ -10,7 +10,8 @@ was told failed.
 The common bodies first try collector/rawbatch.py, which does parse, validate and encode with
 msgspec without building params objects, and answers None whenever the slow path's rules must
 decide (then nothing of its work is used). It is taken only when no processor needs event dicts:
-the Redis counters take columns (`StatsCounters.add_columns`) with the user read by msgspec.
+the Redis counters take columns (`StatsCounters.add_columns`, or `add_one` for a single event)
+with the user read by msgspec.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class _Columns(NamedTuple):
     users: list[Any]
 
 
-class _One(NamedTuple):
+class _Single(NamedTuple):
     """One accepted event as the Redis counters take it (`StatsCounters.add_one`)."""
 
     event_type: str
@@ -67,9 +68,14 @@ class _One(NamedTuple):
     user: Any
 
 
-_new_one = tuple.__new__
-"""`_One(...)` without the Python-level `__new__` a NamedTuple has (once per request with the
-Redis counters on)."""
+_new_single = tuple.__new__
+"""`_Single(...)` without the Python-level `__new__` a NamedTuple has (once per request with
+the Redis counters on)."""
+
+_Kept = list[dict[str, Any]] | _Columns | _Single | None
+"""What a request keeps of its events for the processors until its lines are written: event
+dicts (the slow path), columns or a single event for the Redis counters (the fast path), or
+nothing (no processor)."""
 
 PROCESSOR_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of one failing processor (the failures are all counted)."""
@@ -142,7 +148,7 @@ class _Reply(Deferred):
 
     __slots__ = ("_ingest", "_kept", "_ids", "_nbytes", "_pixel")
 
-    def __init__(self, ingest: Ingest, kept: list[dict[str, Any]] | _Columns | _One | None,
+    def __init__(self, ingest: Ingest, kept: _Kept,
                  ids: Sequence[int], nbytes: int, pixel: bool) -> None:
         self._waiter = None
         self._response = None
@@ -220,8 +226,8 @@ class Ingest:
                 one = rawbatch.encode_one(body, received_at, self.limits, self.ctx.ids.next_id)
                 if one is not None:
                     return self._submit(one.line, [one.id], None if user_of is None else
-                                        _new_one(_One, (one.event_type, one.ts,
-                                                        user_of(one.params))), False)
+                                        _new_single(_Single, (one.event_type, one.ts,
+                                                              user_of(one.params))), False)
             batch = rawbatch.decode(body, received_at, self.limits)  # (an array, or NDJSON)
             if batch is not None:
                 ids = self.ctx.ids.next_ids(len(batch.types))
@@ -302,7 +308,7 @@ class Ingest:
         return self._submit(data, ids, events, pixel)
 
     def _submit(self, data: bytes, ids: Sequence[int],
-                kept: list[dict[str, Any]] | _Columns | _One | None,
+                kept: _Kept,
                 pixel: bool) -> Response | Deferred:
         """Hand the lines to the segment writer; the reply resolves once they are written."""
         reply = _Reply(self, kept, ids, len(data), pixel)
@@ -312,11 +318,11 @@ class Ingest:
             return self._unavailable(e)
         return reply
 
-    def _accepted(self, events: list[dict[str, Any]] | _Columns | _One | None, ids: Sequence[int],
+    def _accepted(self, events: _Kept, ids: Sequence[int],
                   nbytes: int, pixel: bool) -> Response:
         for proc in self.ctx.processors if events is not None else ():
             try:
-                if type(events) is _One:
+                if type(events) is _Single:
                     proc.add_one(*events)
                 elif type(events) is _Columns:
                     proc.add_columns(*events)

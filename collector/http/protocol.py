@@ -302,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
             if handler is None:
                 self._respond(_unroutable(head.method, path, allowed), "unmatched")
                 return
-            label = path if not request.path_params else _pattern_label(request)
+            label = _route_label(request)
         try:
             result = handler(request)
         except HTTPError as e:
@@ -334,14 +334,13 @@ class HttpProtocol(asyncio.Protocol):
             self._resume_reading()
         if self.parser.at_rest and not self.closed and not self.write_paused:
             # What _process() would end with, without asking the parser: NEED_DATA between
-            # two requests, and `_need_data` then arms the keep-alive timeout (inlined: this
-            # runs after every ingestion request).
+            # two requests, and `_need_data` then arms the keep-alive timeout (its branch for
+            # an empty buffer, inlined: this runs after every ingestion request).
             if self.timer_kind not in (_IDLE, _FIRST):
                 if self.state.stopping:
                     self._close()
                     return
-                self.timer_kind = _IDLE
-                self.deadline = self.loop.time() + self.state.keepalive_timeout
+                self._arm(_IDLE)
         else:
             self._process()
 
@@ -436,13 +435,15 @@ class HttpProtocol(asyncio.Protocol):
     def _arm(self, kind: int) -> None:
         # A deadline, not a TimerHandle: the sweeper checks deadlines a few times a second, so
         # a request costs one loop.time() instead of creating and cancelling a timer.
-        s = self.state
         self.timer_kind = kind
         if self.first_deadline and kind != _BODY:
             self.deadline = self.first_deadline  # (see first_deadline)
             return
-        self.deadline = self.loop.time() + (s.keepalive_timeout, s.header_timeout,
-                                             s.body_timeout, s.header_timeout)[kind]
+        s = self.state
+        # (No tuple of the four timeouts to index: _IDLE is armed after every response.)
+        self.deadline = self.loop.time() + (
+            s.keepalive_timeout if kind == _IDLE else s.body_timeout if kind == _BODY
+            else s.header_timeout)
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
